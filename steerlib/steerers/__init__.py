@@ -1,0 +1,35 @@
+"""Steering methods behind one protocol: ``fit(model, items)``, ``vectors(model, inputs)``,
+``generate(model, inputs, alpha=..., positions=...)``, ``save_pretrained`` / ``from_pretrained``."""
+
+from .base import Steerer, as_items
+from .extract import P2SFeatures, equalize_norms, extract_p2s
+from .l2s import L2S, SteeringNet
+from .p2s import P2S, NormRandom
+from .static import MeanSteer, MeanSteerBA, NoSteer, PromptSteer
+
+METHODS: dict[str, type[Steerer]] = {
+    "none": NoSteer,
+    "prompt": PromptSteer,
+    "norm_random": NormRandom,
+    "mean": MeanSteer,
+    "mean_ba": MeanSteerBA,
+    "p2s": P2S,
+    "l2s": L2S,
+}
+
+__all__ = [
+    "L2S",
+    "METHODS",
+    "MeanSteer",
+    "MeanSteerBA",
+    "NoSteer",
+    "NormRandom",
+    "P2S",
+    "P2SFeatures",
+    "PromptSteer",
+    "Steerer",
+    "SteeringNet",
+    "as_items",
+    "equalize_norms",
+    "extract_p2s",
+]

@@ -1,0 +1,268 @@
+"""The ``Steerer`` protocol: fit on contrastive items, give per-input vectors, steer generate.
+
+Conventions (scikit-learn's): hyperparameters are ``__init__`` arguments stored as is;
+``fit`` returns ``self``; learned state lives in attributes ending with ``_``; using a steerer
+before ``fit`` raises :class:`~steerlib.errors.NotFittedError`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..data.items import ContrastiveItem, items_hash
+from ..engine import Batch, Generation, SteerableModel
+from ..errors import CompatibilityError, NotFittedError, PersistenceError
+from ..intervention import Intervention, check_finite, check_layers
+from ..persistence import META_FILE, TENSORS_FILE, read_steerer_dir, write_dir_atomic
+from ..positions import as_positions
+
+S = TypeVar("S", bound="Steerer")
+Inputs = Sequence["ContrastiveItem | str"]
+FORMAT_VERSION = 1
+
+
+def as_items(inputs: Inputs | ContrastiveItem | str) -> list[ContrastiveItem]:
+    """Accept items or plain prompt strings."""
+    if isinstance(inputs, (str, ContrastiveItem)):
+        inputs = [inputs]
+    return [x if isinstance(x, ContrastiveItem) else ContrastiveItem(prompt=str(x)) for x in inputs]
+
+
+class Steerer:
+    """Base class and protocol of every steering method.
+
+    Subclasses implement :meth:`_fit` and :meth:`vectors` (or :meth:`intervention` for methods
+    that do not add a fixed per-row vector), and list their learned tensors in ``_tensors``.
+    """
+
+    method: ClassVar[str] = "base"
+    needs_fit: ClassVar[bool] = True
+    _tensors: ClassVar[tuple[str, ...]] = ()
+    _registry: ClassVar[dict[str, type["Steerer"]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.method != "base":
+            Steerer._registry[cls.method] = cls
+
+    def __init__(self, layer: int = 0, *, alpha: float = 1.0, positions: str = "all") -> None:
+        self.layer = layer
+        self.alpha = alpha
+        self.positions = positions
+
+    # ------------------------------------------------------------------ params ------
+    def get_params(self) -> dict[str, Any]:
+        """The ``__init__`` hyperparameters (JSON-able)."""
+        params = {}
+        for cls in type(self).__mro__:
+            if cls is object:
+                continue
+            for name in inspect.signature(cls.__init__).parameters:
+                if name not in ("self", "args", "kwargs") and name not in params and hasattr(self, name):
+                    params[name] = getattr(self, name)
+        return params
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # ------------------------------------------------------------------ fitting -----
+    def fit(self: S, model: SteerableModel, items: Sequence[ContrastiveItem]) -> S:
+        """Learn from contrastive items; returns ``self``."""
+        check_layers(self.layer, model.num_layers)
+        as_positions(self.positions)
+        check_finite(self.alpha, "alpha")
+        items = list(items)
+        self._fit(model, items)
+        self.model_info_ = model_info(model)
+        self.n_items_ = len(items)
+        self.items_hash_ = items_hash(items) if items else ""
+        return self
+
+    def _fit(self, model: SteerableModel, items: list[ContrastiveItem]) -> None:
+        raise NotImplementedError
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "model_info_")
+
+    def check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(
+                f"This {type(self).__name__} is not fitted yet: call .fit(model, items) or load one with "
+                "Steerer.from_pretrained(path) first."
+            )
+
+    def check_model(self, model: SteerableModel) -> None:
+        """Refuse a model whose hidden size or layer count differs from the one fitted on."""
+        self.check_fitted()
+        check_compatible(self.model_info_, model)
+
+    # ------------------------------------------------------------------ applying ----
+    def vectors(self, model: SteerableModel, items: Inputs) -> Float[Tensor, "batch d_model"]:
+        """One steering vector per input (before ``alpha``)."""
+        raise NotImplementedError
+
+    def prepare_prompts(self, items: list[ContrastiveItem]) -> list[ContrastiveItem]:
+        """Hook for methods that edit the prompt (the Prompt baseline)."""
+        return items
+
+    def intervention(self, model: SteerableModel, items: list[ContrastiveItem], batch: Batch, *,
+                     alpha: float | None = None, positions: str | None = None) -> Intervention | None:
+        """How to steer one encoded batch of these items (None: no steering)."""
+        v = self.vectors(model, items)
+        return Intervention.build(self.layer, v, alpha=self.alpha if alpha is None else alpha,
+                                  positions=positions or self.positions)
+
+    def generate_batch(self, model: SteerableModel, items: Inputs, *, alpha: float | None = None,
+                       positions: str | None = None, max_new_tokens: int = 48, **generate_kwargs: Any) -> Generation:
+        """Steer one batch and return the raw :class:`~steerlib.engine.Generation`."""
+        self.check_model(model)
+        items = self.prepare_prompts(as_items(items))
+        images = [list(it.images) for it in items]
+        batch = model.encode([it.prompt for it in items], images if any(images) else None)
+        iv = self.intervention(model, items, batch, alpha=alpha, positions=positions)
+        return model.generate(batch, iv, max_new_tokens=max_new_tokens, **generate_kwargs)
+
+    def generate(self, model: SteerableModel, inputs: Inputs | ContrastiveItem | str, *, alpha: float | None = None,
+                 positions: str | None = None, max_new_tokens: int = 48, batch_size: int = 8,
+                 progress: bool = True, **generate_kwargs: Any) -> list[str]:
+        """Steered generation for many inputs, batched with per-row vectors; returns the texts."""
+        items = as_items(inputs)
+        texts: list[str] = []
+        starts = range(0, len(items), batch_size)
+        for s in tqdm(starts, desc=f"generate {self.method}", unit="batch", disable=not progress or len(starts) < 2,
+                      leave=False):
+            g = self.generate_batch(model, items[s:s + batch_size], alpha=alpha, positions=positions,
+                                    max_new_tokens=max_new_tokens, **generate_kwargs)
+            texts.extend(g.texts)
+        return texts
+
+    # ------------------------------------------------------------------ persistence -
+    def state_tensors(self) -> dict[str, Tensor]:
+        return {name: getattr(self, name) for name in self._tensors}
+
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-able learned state beyond tensors (subclasses extend)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        for name in self._tensors:
+            setattr(self, name, tensors[name])
+
+    def save_pretrained(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write ``steerer.json`` (metadata), ``steerer.safetensors`` and a model card, atomically."""
+        self.check_fitted()
+        from .. import __version__
+
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "library": "steerlib",
+            "library_version": __version__,
+            "method": self.method,
+            "class": type(self).__name__,
+            "params": self.get_params(),
+            "layer": self.layer,
+            "alpha": self.alpha,
+            "positions": self.positions,
+            "model": self.model_info_,
+            "n_items": self.n_items_,
+            "items_sha256": self.items_hash_,
+            "state": self.extra_state(),
+        }
+        tensors = self.state_tensors() or {"_empty": torch.zeros(0)}
+        return write_dir_atomic(path, {META_FILE: meta, TENSORS_FILE: tensors, "README.md": model_card(meta).encode()},
+                                overwrite=overwrite)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str], model: SteerableModel | None = None) -> "Steerer":
+        """Load any saved steerer; with ``model``, check it fits (type, hidden size, layer count)."""
+        meta, tensors = read_steerer_dir(path)
+        if meta.get("library") != "steerlib" or "method" not in meta:
+            raise PersistenceError(f"{path} was not written by steerlib's save_pretrained.")
+        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise CompatibilityError(
+                f"{path} was saved by steerlib {meta.get('library_version')} (format {meta['format_version']}); "
+                f"this version reads format <= {FORMAT_VERSION}. Upgrade steerlib."
+            )
+        klass = Steerer._registry.get(meta["method"])
+        if klass is None:
+            raise PersistenceError(f"{path} holds an unknown steering method {meta['method']!r}.")
+        if cls is not Steerer and not issubclass(klass, cls):
+            raise PersistenceError(f"{path} holds a {klass.__name__}, not a {cls.__name__}.")
+        obj = klass(**meta["params"])
+        obj.model_info_ = meta["model"]
+        obj.n_items_ = meta["n_items"]
+        obj.items_hash_ = meta["items_sha256"]
+        obj.load_extra_state(meta.get("state", {}), tensors)
+        if model is not None:
+            obj.check_model(model)
+        return obj
+
+
+def model_info(model: SteerableModel) -> dict[str, Any]:
+    return {"model_type": model.model_type, "name": model.name, "family": model.adapter.family,
+            "hidden_size": model.hidden_size, "num_layers": model.num_layers}
+
+
+def check_compatible(info: dict[str, Any], model: SteerableModel) -> None:
+    """Raise :class:`CompatibilityError` when a fitted steerer does not fit ``model``."""
+    if info.get("hidden_size") != model.hidden_size:
+        raise CompatibilityError(
+            f"Hidden-size mismatch: the steerer was fitted on {info.get('name')!r} (hidden size "
+            f"{info.get('hidden_size')}), but this model's hidden size is {model.hidden_size}. Fit it on this model."
+        )
+    if info.get("num_layers") != model.num_layers:
+        raise CompatibilityError(
+            f"Layer-count mismatch: the steerer was fitted on a {info.get('num_layers')}-layer model "
+            f"({info.get('name')!r}), this one has {model.num_layers} layers. Fit it on this model."
+        )
+    if info.get("model_type") != model.model_type:
+        raise CompatibilityError(
+            f"Model-type mismatch: the steerer was fitted on model_type {info.get('model_type')!r}, this model is "
+            f"{model.model_type!r}. Vectors do not transfer between architectures; fit it on this model."
+        )
+
+
+def model_card(meta: dict[str, Any]) -> str:
+    """A short README.md so a saved folder can be published on a model hub as is."""
+    m = meta["model"]
+    p = meta["params"]
+    rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(p.items()))
+    return f"""---
+library_name: steerlib
+tags: [steering, activation-steering, {meta['method']}]
+base_model: {m.get('name')}
+---
+
+# {meta['class']} steerer for `{m.get('name')}`
+
+A steering module made with [steerlib](https://pypi.org/project/steerlib/) {meta['library_version']}:
+method **{meta['method']}**, added at layer **{meta['layer']}** (output of decoder block {meta['layer']}) with
+default strength **alpha = {meta['alpha']}** at positions **{meta['positions']}**.
+
+- model type `{m.get('model_type')}`, family `{m.get('family')}`, hidden size {m.get('hidden_size')}, {m.get('num_layers')} layers
+- fitted on {meta['n_items']} contrastive items (sha256 `{meta['items_sha256'][:16]}…`)
+
+```python
+from steerlib import SteerableModel
+from steerlib.steerers import Steerer
+steerer = Steerer.from_pretrained("path/to/this/folder", model=sm)   # sm = SteerableModel(model, processor)
+print(steerer.generate(sm, ["Your prompt"]))
+```
+
+| hyperparameter | value |
+|---|---|
+{rows}
+
+Files: `steerer.json` (metadata), `steerer.safetensors` (tensors). No pickle.
+"""

@@ -1,0 +1,152 @@
+"""P2S extraction: per-input steering vectors from two teacher-forced runs.
+
+For an item with prompt ``T`` and completions ``T+`` / ``T-``, the P2S vector at layer ``L`` is
+``h_L(T || T+) - h_L(T || T-)`` reduced over positions:
+
+* ``last``: the last token of the closed assistant turn (the paper's safety recipe);
+* ``completion_mean``: the mean over the forced completion tokens;
+* ``sampled_mean``: the mean over the forced completion plus ``continuation_tokens`` sampled
+  after it with a fixed seed (the paper's POPE recipe).
+
+The same pass also yields L2S's input: the state at the last prompt token (with or without the
+generation prompt) at another layer, which by causality equals a run of the bare prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..data.items import ContrastiveItem, check_items
+from ..engine import Batch, SteerableModel
+from ..errors import DataError
+
+REDUCTIONS = ("last", "completion_mean", "sampled_mean")
+
+
+@dataclass
+class P2SFeatures:
+    """Targets ``z`` (``[n, d]``) at ``layer`` and, when asked, inputs ``h`` at ``input_layer``."""
+
+    z: Float[Tensor, "n d_model"]
+    h: Float[Tensor, "n d_model"] | None
+    layer: int
+    input_layer: int | None
+
+
+def check_reduction(reduction: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise DataError(f"Unknown P2S reduction {reduction!r}; use one of {', '.join(REDUCTIONS)}.")
+    return reduction
+
+
+def extract_p2s(
+    model: SteerableModel,
+    items: Sequence[ContrastiveItem],
+    layer: int,
+    *,
+    reduction: str = "completion_mean",
+    input_layer: int | None = None,
+    input_position: str = "last_prompt",
+    batch_size: int = 8,
+    continuation_tokens: int = 100,
+    seed: int = 0,
+    progress: bool = True,
+) -> P2SFeatures:
+    """P2S vectors for ``items`` (and optionally L2S inputs), in the items' order."""
+    items = check_items(items, need_completions=True, what="P2S item list")
+    check_reduction(reduction)
+    order = sorted(range(len(items)), key=lambda i: len(items[i].prompt))  # less padding per batch
+    z = torch.empty(len(items), model.hidden_size)
+    h = torch.empty(len(items), model.hidden_size) if input_layer is not None else None
+    bar = tqdm(total=len(items), desc=f"P2S layer {layer}", unit="item", disable=not progress, leave=False)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        chunk = [items[i] for i in idx]
+        zb, hb = _p2s_batch(model, chunk, layer, reduction, input_layer, input_position, continuation_tokens, seed)
+        z[idx] = zb
+        if h is not None and hb is not None:
+            h[idx] = hb
+        bar.update(len(idx))
+    bar.close()
+    return P2SFeatures(z=z, h=h, layer=layer, input_layer=input_layer)
+
+
+def _p2s_batch(model: SteerableModel, chunk: list[ContrastiveItem], layer: int, reduction: str,
+               input_layer: int | None, input_position: str, continuation_tokens: int,
+               seed: int) -> tuple[Tensor, Tensor | None]:
+    n = len(chunk)
+    prompts = [it.prompt for it in chunk] * 2
+    images = [list(it.images) for it in chunk] * 2
+    completions = [it.positive for it in chunk] + [it.negative for it in chunk]
+    close = reduction == "last"
+    batch = model.encode(prompts, images if any(images) else None, completions=completions, close_turn=close)
+    if reduction == "sampled_mean":
+        means, states = _sampled_means(model, batch, layer, continuation_tokens, seed, input_layer)
+        hb = None
+        if input_layer is not None:
+            pos = batch.last_prompt_index if input_position == "last_prompt" else batch.last_prompt_no_gen_index
+            hb = states[input_layer][0][torch.arange(n), pos[:n]]
+        return means[:n] - means[n:], hb
+    reads = [(layer, "last" if close else "completion_mean")]
+    if input_layer is not None:
+        reads.append((input_layer, input_position))
+    got = model.read_many(batch, reads)
+    t = got[reads[0]]
+    hb = got[reads[1]][:n] if input_layer is not None else None
+    return t[:n] - t[n:], hb
+
+
+def _sampled_means(model: SteerableModel, batch: Batch, layer: int, n_tokens: int, seed: int,
+                   input_layer: int | None) -> tuple[Tensor, dict[int, list[Tensor]]]:
+    """Mean state over the forced completion plus a seeded sampled continuation, per row."""
+    collect = [layer] if input_layer is None else sorted({layer, input_layer})
+    cuda = [model.device.index or 0] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        gen = model.generate(batch, max_new_tokens=n_tokens, collect=collect, do_sample=True, decode=False)
+    assert gen.states is not None
+    steps = gen.states[layer]
+    prefill = steps[0]
+    mask = batch.completion_mask().to(prefill.dtype)[..., None]
+    total = (prefill * mask).sum(1)
+    count = mask.sum(1).squeeze(-1)
+    eos = model.tokenizer.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+    new = gen.new_tokens
+    alive = torch.ones(batch.size, dtype=torch.bool)
+    for t, st in enumerate(steps[1:], start=1):
+        fed = new[:, t - 1]  # token fed at step t was generated at step t-1
+        if eos_ids:
+            alive &= ~torch.isin(fed, torch.tensor(sorted(eos_ids)))
+        w = alive.to(st.dtype)
+        total += st[:, -1] * w[:, None]
+        count += w
+    return total / count.clamp(min=1)[:, None], gen.states
+
+
+def equalize_norms(z: Float[Tensor, "n d_model"], behaviors: Sequence[str], reference: str) -> Float[Tensor, "n d_model"]:
+    """Rescale each behaviour group so its mean norm equals the ``reference`` group's.
+
+    The paper rescales its expert-deferral blocks to the harmful block's mean norm before
+    training g. Groups whose vectors are all zero (e.g. a benign "no change" class) stay zero.
+    """
+    if len(behaviors) != z.shape[0]:
+        raise DataError(f"{len(behaviors)} behaviour labels for {z.shape[0]} vectors.")
+    labels = list(behaviors)
+    if reference not in labels:
+        raise DataError(f"Norm reference behaviour {reference!r} is not among the labels {sorted(set(labels))}.")
+    norms = z.norm(dim=-1)
+    ref = norms[[i for i, b in enumerate(labels) if b == reference]].mean()
+    out = z.clone()
+    for b in set(labels) - {reference}:
+        idx = [i for i, x in enumerate(labels) if x == b]
+        m = norms[idx].mean()
+        if m > 0:
+            out[idx] = z[idx] * (ref / m)
+    return out

@@ -1,0 +1,269 @@
+"""L2S (learn-to-steer): a small network g predicts each input's P2S vector from its own
+hidden state, so input-dependent steering works at test time without completions.
+
+g = Linear(D -> K, bias) -> Tanh -> Linear(K -> D, no bias), as in the official code. The
+decoder starts from a truncated SVD of the centred targets (or dictionary learning); the loss
+per sample is MSE + l1 * L1 - w * cos(pred, target), optionally class-balanced; Adam; the best
+validation checkpoint is kept.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..data.items import ContrastiveItem, check_items
+from ..engine import Batch, SteerableModel
+from ..errors import DataError, MissingDependencyError, ShapeMismatchError
+from ..intervention import SOURCE_POSITIONS, Intervention, check_layers
+from .base import Inputs, as_items
+from .p2s import P2SBased
+
+INITS = ("svd", "dict", "random")
+
+
+class SteeringNet(nn.Module):
+    """g: Linear(D -> K, bias) -> Tanh -> Linear(K -> D, no bias)."""
+
+    def __init__(self, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(d_model, hidden)
+        self.decoder = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, h: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch d_model"]:
+        return self.decoder(torch.tanh(self.encoder(h)))
+
+
+def init_decoder(net: SteeringNet, z: Float[Tensor, "n d_model"], how: str, seed: int) -> None:
+    """Set the decoder's columns to K directions of the targets (SVD of centred targets or a dictionary)."""
+    k = net.decoder.weight.shape[1]
+    if how == "random":
+        return
+    if how == "svd":
+        zc = z - z.mean(0, keepdim=True)
+        _, _, vh = torch.linalg.svd(zc, full_matrices=False)
+        comps = vh[:k]  # [<=k, D]
+    elif how == "dict":
+        try:
+            from sklearn.decomposition import DictionaryLearning
+        except ImportError as e:
+            raise MissingDependencyError("init='dict' needs scikit-learn: pip install scikit-learn") from e
+        dl = DictionaryLearning(n_components=k, positive_code=True, fit_algorithm="cd",
+                                transform_algorithm="lasso_cd", max_iter=200, random_state=seed)
+        dl.fit(z.double().numpy())
+        comps = torch.as_tensor(dl.components_, dtype=torch.float32)
+    else:
+        raise DataError(f"Unknown decoder init {how!r}; use one of {', '.join(INITS)}.")
+    with torch.no_grad():
+        net.decoder.weight[:, : comps.shape[0]] = comps.T.to(net.decoder.weight.dtype)
+
+
+def l2s_loss(pred: Tensor, target: Tensor, l1: float, cos_weight: float) -> Tensor:
+    """Per-sample loss: mean-over-dims MSE + l1 * mean-over-dims L1 - cos_weight * cosine."""
+    diff = pred - target
+    cos = nn.functional.cosine_similarity(pred, target, dim=-1, eps=1e-8)
+    return diff.pow(2).mean(-1) + l1 * diff.abs().mean(-1) - cos_weight * cos
+
+
+class L2S(P2SBased):
+    """Learn-to-steer: ``g(h_{L'}(x))`` approximates the P2S vector ``z_{L*}(x)``.
+
+    Args:
+        layer: L*, where vectors are added.
+        input_layer: L', where g reads its input (default: ``layer``).
+        input_position: ``"last_prompt"`` (the last prompt token, generation prompt included; the
+            paper's POPE setting) or ``"last_prompt_no_gen"`` (before the generation prompt; the
+            paper's safety setting).
+        hidden: K, g's width. init: ``"svd"``, ``"dict"`` or ``"random"``.
+        epochs, lr, train_batch_size: Adam training. l1_weight, cos_weight: loss weights;
+            cos_warmup_epochs ramps cos_weight up linearly (the paper's POPE schedule).
+        val_cos_weight: cosine weight of the validation loss. class_balance: average the loss per
+            behaviour label, then over labels. val_fraction / keep_best: validation split and
+            best-checkpoint selection. scheduler: ``"none"`` or ``"cosine"`` (with warmup_epochs).
+        Other arguments as for every P2S-based steerer (reduction, batch_size for extraction, ...).
+
+    With ``input_layer <= layer`` g runs inside the same generate pass; otherwise one extra
+    prefill reads ``h_{L'}`` first.
+    """
+
+    method = "l2s"
+    _tensors = ("encoder_weight_", "encoder_bias_", "decoder_weight_")
+
+    def __init__(self, layer: int = 0, *, alpha: float = 1.0, positions: str = "all",
+                 reduction: str = "completion_mean", continuation_tokens: int = 100, seed: int = 0,
+                 batch_size: int = 8, equalize_norms_to: str | None = None, progress: bool = True,
+                 input_layer: int | None = None, input_position: str = "last_prompt", hidden: int = 100,
+                 init: str = "svd", epochs: int = 100, lr: float = 1e-4, train_batch_size: int = 64,
+                 l1_weight: float = 1.0, cos_weight: float = 0.1, cos_warmup_epochs: int = 0,
+                 val_cos_weight: float = 0.05, class_balance: bool = False, val_fraction: float = 0.1,
+                 keep_best: bool = True, scheduler: str = "none", warmup_epochs: int = 0) -> None:
+        super().__init__(layer, alpha=alpha, positions=positions, reduction=reduction,
+                         continuation_tokens=continuation_tokens, seed=seed, batch_size=batch_size,
+                         equalize_norms_to=equalize_norms_to, progress=progress)
+        if input_position not in SOURCE_POSITIONS:
+            raise DataError(f"input_position must be one of {SOURCE_POSITIONS}, got {input_position!r}.")
+        if init not in INITS:
+            raise DataError(f"init must be one of {INITS}, got {init!r}.")
+        if scheduler not in ("none", "cosine"):
+            raise DataError(f"scheduler must be 'none' or 'cosine', got {scheduler!r}.")
+        self.input_layer = input_layer
+        self.input_position = input_position
+        self.hidden = hidden
+        self.init = init
+        self.epochs = epochs
+        self.lr = lr
+        self.train_batch_size = train_batch_size
+        self.l1_weight = l1_weight
+        self.cos_weight = cos_weight
+        self.cos_warmup_epochs = cos_warmup_epochs
+        self.val_cos_weight = val_cos_weight
+        self.class_balance = class_balance
+        self.val_fraction = val_fraction
+        self.keep_best = keep_best
+        self.scheduler = scheduler
+        self.warmup_epochs = warmup_epochs
+
+    @property
+    def source_layer(self) -> int:
+        return self.layer if self.input_layer is None else self.input_layer
+
+    # ------------------------------------------------------------------ fitting -----
+    def _fit(self, model: SteerableModel, items: list[ContrastiveItem]) -> None:
+        items = check_items(items, need_completions=True)
+        check_layers(self.source_layer, model.num_layers)
+        z, h = self._p2s(model, items, input_layer=self.source_layer, input_position=self.input_position)
+        assert h is not None
+        self.features_ = (h, z)
+        self._train(h, z, [it.behavior for it in items])
+
+    def fit_features(self, h: Float[Tensor, "n d_model"], z: Float[Tensor, "n d_model"],
+                     behaviors: Sequence[str] | None = None, *, model_info: dict[str, Any] | None = None) -> "L2S":
+        """Train g directly on inputs ``h`` and targets ``z`` (e.g. cached P2S features)."""
+        if h.shape != z.shape or h.dim() != 2:
+            raise ShapeMismatchError(f"h {tuple(h.shape)} and z {tuple(z.shape)} must both be [n, d_model].")
+        self._train(h.float(), z.float(), list(behaviors) if behaviors is not None else ["default"] * len(h))
+        self.model_info_ = model_info or {"hidden_size": h.shape[1]}
+        self.n_items_ = len(h)
+        self.items_hash_ = ""
+        return self
+
+    def _train(self, h: Tensor, z: Tensor, behaviors: list[str]) -> None:
+        n, d = h.shape
+        if n < 2:
+            raise DataError(f"L2S needs at least 2 training items, got {n}.")
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            perm = torch.randperm(n)
+            n_val = int(round(self.val_fraction * n)) if self.val_fraction > 0 else 0
+            n_val = min(n_val, n - 1)
+            val_idx, tr_idx = perm[:n_val], perm[n_val:]
+            labels = sorted(set(behaviors))
+            y = torch.tensor([labels.index(b) for b in behaviors])
+            net = SteeringNet(d, self.hidden)
+            init_decoder(net, z[tr_idx], self.init, self.seed)
+            opt = torch.optim.Adam(net.parameters(), lr=self.lr)
+            steps_per_epoch = math.ceil(len(tr_idx) / self.train_batch_size)
+            sched = _scheduler(opt, self.scheduler, self.warmup_epochs * steps_per_epoch, self.epochs * steps_per_epoch)
+            best = (math.inf, None)
+            history: list[dict[str, float]] = []
+            for epoch in tqdm(range(self.epochs), desc="train g", unit="epoch", disable=not self.progress, leave=False):
+                w = self.cos_weight * (min(1.0, epoch / self.cos_warmup_epochs) if self.cos_warmup_epochs else 1.0)
+                order = tr_idx[torch.randperm(len(tr_idx))]
+                net.train()
+                total = 0.0
+                for s in range(0, len(order), self.train_batch_size):
+                    b = order[s:s + self.train_batch_size]
+                    per = l2s_loss(net(h[b]), z[b], self.l1_weight, w)
+                    loss = _balanced(per, y[b]) if self.class_balance else per.mean()
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    if sched is not None:
+                        sched.step()
+                    total += loss.item() * len(b)
+                rec = {"epoch": epoch, "train_loss": total / len(order)}
+                if n_val:
+                    net.eval()
+                    with torch.no_grad():
+                        pv = net(h[val_idx])
+                        per = l2s_loss(pv, z[val_idx], self.l1_weight, self.val_cos_weight)
+                        vl = float(_balanced(per, y[val_idx]) if self.class_balance else per.mean())
+                        cos = float(nn.functional.cosine_similarity(pv, z[val_idx], dim=-1).mean())
+                    rec.update(val_loss=vl, val_cos=cos)
+                    if self.keep_best and vl < best[0]:
+                        best = (vl, {k: v.clone() for k, v in net.state_dict().items()})
+                history.append(rec)
+            if self.keep_best and best[1] is not None:
+                net.load_state_dict(best[1])
+        net.eval()
+        self.net_ = net.requires_grad_(False)
+        self.history_ = history
+        self.train_seconds_ = time.perf_counter() - start
+        self.encoder_weight_ = net.encoder.weight.detach().clone()
+        self.encoder_bias_ = net.encoder.bias.detach().clone()
+        self.decoder_weight_ = net.decoder.weight.detach().clone()
+
+    # ------------------------------------------------------------------ applying ----
+    def predict(self, h: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch d_model"]:
+        """g(h), computed in float32 and returned in h's dtype and device."""
+        self.check_fitted()
+        net = self.net_
+        w = net.encoder.weight
+        if w.device != h.device:
+            net = self.net_ = net.to(h.device)
+        with torch.no_grad():
+            return net(h.float()).to(h.dtype)
+
+    def vectors(self, model: SteerableModel, items: Inputs) -> Float[Tensor, "batch d_model"]:
+        self.check_model(model)
+        items = as_items(items)
+        images = [list(it.images) for it in items]
+        batch = model.encode([it.prompt for it in items], images if any(images) else None)
+        h = model.read(batch, [self.source_layer], reduce=self.input_position)[self.source_layer]
+        return self.predict(h).float().cpu()
+
+    def intervention(self, model: SteerableModel, items: list[ContrastiveItem], batch: Batch, *,
+                     alpha: float | None = None, positions: str | None = None) -> Intervention | None:
+        return Intervention.build(self.layer, predictor=self.predict, source_layer=self.source_layer,
+                                  source_position=self.input_position,
+                                  alpha=self.alpha if alpha is None else alpha, positions=positions or self.positions)
+
+    # ------------------------------------------------------------------ persistence -
+    def extra_state(self) -> dict[str, Any]:
+        return {"history": getattr(self, "history_", []), "train_seconds": getattr(self, "train_seconds_", None)}
+
+    def load_extra_state(self, state: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        super().load_extra_state(state, tensors)
+        d, k = self.decoder_weight_.shape
+        net = SteeringNet(d, k)
+        net.load_state_dict({"encoder.weight": self.encoder_weight_, "encoder.bias": self.encoder_bias_,
+                             "decoder.weight": self.decoder_weight_})
+        self.net_ = net.eval().requires_grad_(False)
+        self.history_ = state.get("history", [])
+        self.train_seconds_ = state.get("train_seconds")
+
+
+def _balanced(per: Tensor, y: Tensor) -> Tensor:
+    """Mean over classes of the mean loss within each class present in the batch."""
+    return torch.stack([per[y == c].mean() for c in y.unique()]).mean()
+
+
+def _scheduler(opt: torch.optim.Optimizer, kind: str, warmup: int, total: int) -> Any:
+    if kind == "none":
+        return None
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        p = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, f)
