@@ -237,12 +237,23 @@ class SteerableModel:
                                                               close_turn=close_turn)
             nb = _count(tok, base)
             comp_len.append(_count(tok, text) - nb if c is not None else 0)
-            trail_len.append(_count(tok, text) - _count(tok, base + c) if (c is not None and close_turn) else 0)
+            if c is not None and close_turn:
+                opened = self.adapter.render(self.processor, p, k, system=system, completion=c)
+                if not text.startswith(opened):
+                    raise InputError(f"The {self.adapter.family} template renders the open and the closed assistant "
+                                     "turn differently; use close_turn=False.")
+                trail_len.append(_count(tok, text) - _count(tok, opened))
+            else:
+                trail_len.append(0)
             bare = self.adapter.render(self.processor, p, k, system=system, add_generation_prompt=False)
             gp_len.append(nb - _count(tok, bare) if base.startswith(bare) else -1)
             texts.append(text)
         inputs = self._tokenize(texts, imgs)
         ids = inputs["input_ids"]
+        if completions is not None:  # a processor may append tokens after the text (PaliGemma's "\n")
+            extra = torch.tensor([_appended_tokens(tok, texts[i], ids[i]) for i in range(n)])
+            comp_len = [c + int(e) if c else c for c, e in zip(comp_len, extra)]
+            trail_len = [t + int(e) if c else t for c, t, e in zip(comp_len, trail_len, extra)]
         if self.image_token_ids:
             image_mask = torch.isin(ids, torch.tensor(self.image_token_ids, device=ids.device))
         else:
@@ -263,8 +274,8 @@ class SteerableModel:
         tok = self.tokenizer
         bos = getattr(tok, "bos_token", None)
         add_special = not (bos and all(t.startswith(bos) for t in texts))
-        if self.processor is tok:
-            # text model: encode rows one by one and left-pad ourselves (no need for a pad token)
+        if self.processor is tok or not any(imgs):
+            # text: encode rows one by one and left-pad ourselves (no need for a pad token)
             rows = [tok(t, add_special_tokens=add_special)["input_ids"] for t in texts]
             pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
             width = max(len(r) for r in rows)
@@ -486,3 +497,14 @@ class SteerableModel:
 
 def _count(tok: Any, text: str) -> int:
     return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def _appended_tokens(tok: Any, text: str, row_ids: Tensor) -> int:
+    """How many tokens the processor put after the rendered text's own last tokens (0 usually)."""
+    tail = tok(text, add_special_tokens=False)["input_ids"][-3:]
+    row = row_ids.tolist()
+    for extra in range(0, 4):
+        end = len(row) - extra
+        if end >= len(tail) and row[end - len(tail):end] == tail:
+            return extra
+    return 0

@@ -158,20 +158,23 @@ class Adapter:
                                                     tokenize=False)
         if completion is None:
             return prefix
-        if not close_turn:
-            return prefix + completion
         reply = completion if not self.is_vlm else [{"type": "text", "text": completion}]
-        full = template_owner.apply_chat_template(messages + [{"role": "assistant", "content": reply}], tokenize=False)
-        if not full.startswith(prefix):
+        convo = messages + [{"role": "assistant", "content": reply}]
+        if not close_turn:
+            # the template's own spacing between the generation prompt and the answer is kept
+            # (LLaVA writes "ASSISTANT: Yes"); HF cuts the rendered turn right after the completion
+            try:
+                text = template_owner.apply_chat_template(convo, continue_final_message=True, tokenize=False)
+            except Exception:  # a template that cannot render an assistant turn
+                return prefix + completion
+            return text if text.startswith(prefix) and text.endswith(completion) else prefix + completion
+        full = template_owner.apply_chat_template(convo, tokenize=False)
+        if not full.startswith(prefix) or completion not in full[len(prefix):]:
             raise InputError(
-                f"The {self.family} chat template does not render the assistant turn after the generation prompt; "
-                "use close_turn=False."
+                f"The {self.family} chat template does not render the assistant turn {completion!r} after the "
+                "generation prompt; use close_turn=False."
             )
-        body = full[len(prefix):]
-        if completion not in body:
-            raise InputError(f"The {self.family} chat template rewrote the completion {completion!r}; use close_turn=False.")
-        # keep the template's own trailer (end-of-turn marker) after the verbatim completion
-        return prefix + completion + body[body.index(completion) + len(completion):]
+        return full
 
 
 def _template_owner(processor: Any) -> Any:

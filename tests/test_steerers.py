@@ -1,0 +1,273 @@
+"""Steerers: P2S against hand computations, Mean-S / Mean-S(BA), L2S learning and one-pass
+equivalence, save/load round trips, and the errors users hit."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from reference import hook_generate, max_logit_diff
+from steerlib import ContrastiveItem, Intervention, SteerableModel
+from steerlib.errors import CompatibilityError, DataError, NotFittedError, PersistenceError
+from steerlib.steerers import (
+    L2S,
+    METHODS,
+    MeanSteer,
+    MeanSteerBA,
+    NormRandom,
+    NoSteer,
+    P2S,
+    PromptSteer,
+    Steerer,
+    extract_p2s,
+)
+from steerlib.testing import build_tiny, tiny_image
+
+LAYER = 1
+
+
+@pytest.fixture(scope="module")
+def llama():
+    t = build_tiny("llama")
+    return t, SteerableModel(t.model, t.processor)
+
+
+def _items(n=8):
+    beh = ["harmful", "benign"]
+    return [ContrastiveItem(prompt=f"Question number {i} about the {'cat' if i % 2 else 'weather'} today",
+                            positive="I cannot help with that." if i % 2 else "Sure.",
+                            negative="Sure, here is how." if i % 2 else "Sure.",
+                            behavior=beh[i % 2]) for i in range(n)]
+
+
+def _hand_p2s(t, sm, item, reduction):
+    """P2S from output_hidden_states on the two teacher-forced sequences, run one at a time."""
+    out = []
+    for comp in (item.positive, item.negative):
+        close = reduction == "last"
+        b = sm.encode([item.prompt], [list(item.images)] if item.images else None, completions=[comp], close_turn=close)
+        with torch.no_grad():
+            hs = t.model(**b.inputs, output_hidden_states=True).hidden_states[LAYER + 1][0]
+        if close:
+            out.append(hs[-1])
+        else:
+            n = len(t.tokenizer(comp, add_special_tokens=False)["input_ids"])
+            out.append(hs[-n:].mean(0))
+    return out[0] - out[1]
+
+
+@pytest.mark.parametrize("reduction", ["last", "completion_mean"])
+def test_p2s_equals_hand_computation(llama, reduction):
+    t, sm = llama
+    items = [it for it in _items(6) if it.positive != it.negative]
+    feats = extract_p2s(sm, items, LAYER, reduction=reduction, batch_size=3, progress=False)
+    for i, it in enumerate(items):
+        ref = _hand_p2s(t, sm, it, reduction)
+        assert torch.allclose(feats.z[i], ref, atol=1e-5), (i, (feats.z[i] - ref).abs().max())
+
+
+def test_p2s_on_a_vlm_equals_hand_computation():
+    t = build_tiny("llava")
+    sm = SteerableModel(t.model, t.processor)
+    items = [ContrastiveItem(prompt="Is there a cat in the image?", positive="Yes, the image", negative="No, the image",
+                             images=(tiny_image(3),)),
+             ContrastiveItem(prompt="Is there a dog?", positive="No, the image", negative="Yes, the image",
+                             images=(tiny_image(4),))]
+    feats = extract_p2s(sm, items, LAYER, reduction="completion_mean", progress=False)
+    for i, it in enumerate(items):
+        assert torch.allclose(feats.z[i], _hand_p2s(t, sm, it, "completion_mean"), atol=1e-5)
+
+
+def test_p2s_sampled_mean_equals_hand_computation(llama):
+    t, sm = llama
+    item = _items(2)[1]
+    n_new, seed = 6, 5
+    feats = extract_p2s(sm, [item], LAYER, reduction="sampled_mean", continuation_tokens=n_new, seed=seed,
+                        progress=False)
+    # hand: same batch layout (pos row, neg row), same seed, plain HF sampling, then one forward
+    b = sm.encode([item.prompt] * 2, completions=[item.positive, item.negative])
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        seqs = t.model.generate(**b.inputs, max_new_tokens=n_new, do_sample=True,
+                                pad_token_id=t.tokenizer.pad_token_id)
+    eos = t.tokenizer.eos_token_id
+    S = b.seq_len
+    am = torch.cat([b.attention_mask, torch.ones(2, seqs.shape[1] - S, dtype=torch.long)], 1)
+    pos_ids = (am.cumsum(-1) - 1).masked_fill(am == 0, 1)
+    with torch.no_grad():
+        hs = t.model(input_ids=seqs, attention_mask=am, position_ids=pos_ids, output_hidden_states=True).hidden_states[LAYER + 1]
+    means = []
+    for r in range(2):
+        n_c = int(b.completion_len[r])
+        states = [hs[r, S - n_c + j] for j in range(n_c)]
+        for j in range(seqs.shape[1] - S - 1):  # fed tokens: generated tokens except the last one
+            if seqs[r, S + j] == eos:
+                break
+            states.append(hs[r, S + j])
+        means.append(torch.stack(states).mean(0))
+    assert torch.allclose(feats.z[0], means[0] - means[1], atol=1e-4)
+
+
+def test_mean_steer_is_mean_of_p2s(llama):
+    t, sm = llama
+    items = _items(8)
+    z = extract_p2s(sm, items, LAYER, progress=False).z
+    ms = MeanSteer(LAYER, progress=False).fit(sm, items)
+    assert torch.allclose(ms.vector_, z.mean(0), atol=1e-6)
+    harmful = [i for i, it in enumerate(items) if it.behavior == "harmful"]
+    ms_h = MeanSteer(LAYER, behaviors=["harmful"], progress=False).fit(sm, items)
+    assert torch.allclose(ms_h.vector_, z[harmful].mean(0), atol=1e-6)
+    v = ms.vectors(sm, ["a", "b", "c"])
+    assert v.shape == (3, sm.hidden_size) and torch.equal(v[0], v[2])
+
+
+def test_mean_steer_ba_uses_one_pair_for_all(llama):
+    t, sm = llama
+    items = _items(6)
+    ba = MeanSteerBA(LAYER, positive="Harmful", negative="Safe", prompt_suffix=" Safe or harmful?", progress=False)
+    ba.fit(sm, items)
+    fixed = [it.with_(prompt=it.prompt + " Safe or harmful?", positive="Harmful", negative="Safe") for it in items]
+    assert torch.allclose(ba.vector_, extract_p2s(sm, fixed, LAYER, progress=False).z.mean(0), atol=1e-6)
+
+
+def test_p2s_needs_completions(llama):
+    t, sm = llama
+    with pytest.raises(DataError, match="no positive/negative completion"):
+        P2S(LAYER).fit(sm, []).vectors(sm, [ContrastiveItem(prompt="hi")])
+
+
+def test_norm_random_matches_p2s_norms_and_is_seeded(llama):
+    t, sm = llama
+    items = [it for it in _items(6) if it.positive != it.negative]
+    nr = NormRandom(LAYER, seed=3, progress=False).fit(sm, [])
+    v = nr.vectors(sm, items)
+    z = P2S(LAYER, progress=False).fit(sm, []).vectors(sm, items)
+    assert torch.allclose(v.norm(dim=-1), z.norm(dim=-1), atol=1e-4)
+    assert torch.equal(v[1], nr.vectors(sm, items[1:2])[0])  # batch composition does not matter
+    assert float(torch.nn.functional.cosine_similarity(v, z).abs().max()) < 0.9
+
+
+def test_l2s_learns_a_planted_mapping():
+    g = torch.Generator().manual_seed(0)
+    n, d = 600, 48
+    h = torch.randn(n, d, generator=g)
+    a = torch.randn(d, 8, generator=g) / d ** 0.5
+    b = torch.randn(8, d, generator=g)
+    z = torch.tanh(h @ a * 2) @ b  # a known nonlinear function of the inputs
+    l2s = L2S(0, hidden=16, epochs=150, lr=3e-3, train_batch_size=64, val_fraction=0.1, progress=False)
+    l2s.fit_features(h[:500], z[:500])
+    pred = l2s.predict(h[500:])
+    cos = torch.nn.functional.cosine_similarity(pred, z[500:], dim=-1).mean()
+    assert cos >= 0.9, float(cos)
+    assert l2s.history_[-1]["val_cos"] > 0.8
+
+
+def test_l2s_class_balanced_and_dict_init_run():
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(80, 16, generator=g)
+    z = torch.randn(80, 16, generator=g)
+    beh = ["a"] * 60 + ["b"] * 20
+    pytest.importorskip("sklearn")
+    l2s = L2S(0, hidden=4, epochs=3, init="dict", class_balance=True, scheduler="cosine", warmup_epochs=1,
+              cos_warmup_epochs=2, progress=False).fit_features(h, z, beh)
+    assert l2s.decoder_weight_.shape == (16, 4)
+
+
+@pytest.mark.parametrize(("steer_layer", "source_layer"), [(1, 0), (1, 1), (0, 1)])
+def test_l2s_single_pass_equals_two_pass_reference(llama, steer_layer, source_layer):
+    """L' <= L*: g runs inside generate; L' > L*: one extra prefill. Both equal predict-then-hook.
+
+    (The last layer is avoided: HF's last hidden state has the final norm applied.)"""
+    t, sm = llama
+    items = _items(8)
+    l2s = L2S(steer_layer, input_layer=source_layer, hidden=8, epochs=3, lr=1e-2, progress=False).fit(sm, items)
+    prompts = [items[0].prompt, items[3].prompt + " and more words"]
+    g = l2s.generate_batch(sm, prompts, alpha=3.0, max_new_tokens=5, output_logits=True)
+    # two-pass reference: HF hidden states -> g -> raw hook during generate
+    b = sm.encode(prompts)
+    am = b.attention_mask.long()
+    with torch.no_grad():
+        hs = t.model(**b.inputs, position_ids=(am.cumsum(-1) - 1).masked_fill(am == 0, 1),
+                     output_hidden_states=True).hidden_states[source_layer + 1][:, -1]
+    v = l2s.predict(hs)
+    ref = hook_generate(t.model, t.model.model.layers[steer_layer], b.inputs, v, 3.0, b.attention_mask.bool(), True, 5,
+                        t.tokenizer.pad_token_id)
+    assert torch.equal(g.sequences, ref.sequences)
+    assert max_logit_diff(g.logits, list(ref.logits)) <= 1e-5
+    iv = Intervention.build(steer_layer, predictor=l2s.predict, source_layer=source_layer).validate(3, 64, 2)
+    assert iv.needs_extra_prefill == (source_layer > steer_layer)
+
+
+def test_l2s_input_position_without_generation_prompt(llama):
+    t, sm = llama
+    l2s = L2S(1, input_layer=1, input_position="last_prompt_no_gen", hidden=4, epochs=2, progress=False)
+    l2s.fit(sm, _items(6))
+    prompt = "Tell me a story"
+    bare = sm.adapter.render(sm.processor, prompt, add_generation_prompt=False)
+    ids = t.tokenizer(bare, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        h = t.model(input_ids=ids, output_hidden_states=True).hidden_states[2][:, -1]
+    assert torch.allclose(l2s.vectors(sm, [prompt]), l2s.predict(h), atol=1e-5)
+
+
+def _fitted(sm, method):
+    items = _items(8)
+    kw = dict(hidden=4, epochs=2) if method == "l2s" else {}
+    if method != "none" and method != "prompt":
+        kw["progress"] = False
+    return METHODS[method](LAYER, alpha=1.5, **kw).fit(sm, items)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_save_load_round_trip(llama, method, tmp_path):
+    t, sm = llama
+    st = _fitted(sm, method)
+    st.save_pretrained(tmp_path / "s")
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["README.md", "steerer.json", "steerer.safetensors"]
+    back = Steerer.from_pretrained(tmp_path / "s", model=sm)
+    assert type(back) is type(st) and back.get_params() == st.get_params()
+    items = [it for it in _items(4) if it.positive != it.negative]
+    assert torch.equal(back.vectors(sm, items), st.vectors(sm, items))
+    assert back.generate(sm, items[:2], max_new_tokens=3) == st.generate(sm, items[:2], max_new_tokens=3)
+    for name in st._tensors:
+        assert torch.equal(getattr(back, name), getattr(st, name))
+
+
+def test_save_refuses_to_overwrite_and_load_refuses_pickle(llama, tmp_path):
+    t, sm = llama
+    st = _fitted(sm, "mean")
+    st.save_pretrained(tmp_path / "s")
+    with pytest.raises(PersistenceError, match="overwrite=True"):
+        st.save_pretrained(tmp_path / "s")
+    st.save_pretrained(tmp_path / "s", overwrite=True)
+    torch.save({"x": 1}, tmp_path / "evil.pt")
+    with pytest.raises(PersistenceError, match="pickle"):
+        Steerer.from_pretrained(tmp_path / "evil.pt")
+
+
+def test_load_into_a_different_model_fails(llama, tmp_path):
+    t, sm = llama
+    _fitted(sm, "mean").save_pretrained(tmp_path / "s")
+    other = build_tiny("qwen2")
+    with pytest.raises(CompatibilityError, match="model_type|Model-type"):
+        Steerer.from_pretrained(tmp_path / "s", model=SteerableModel(other.model, other.processor))
+
+
+def test_unfitted_steerer_errors(llama):
+    t, sm = llama
+    with pytest.raises(NotFittedError, match="fit"):
+        MeanSteer(LAYER).generate(sm, ["hi"])
+    with pytest.raises(NotFittedError):
+        L2S(LAYER).vectors(sm, ["hi"])
+
+
+def test_prompt_baseline_edits_prompt_only(llama):
+    t, sm = llama
+    ps = PromptSteer(LAYER, instruction=" Be careful.").fit(sm, [])
+    out = ps.generate(sm, ["hello"], max_new_tokens=3)
+    ref = NoSteer(LAYER).fit(sm, []).generate(sm, ["hello Be careful."], max_new_tokens=3)
+    assert out == ref
