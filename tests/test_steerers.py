@@ -55,7 +55,10 @@ def _hand_p2s(t, sm, item, reduction):
         if close:
             out.append(hs[-1])
         else:
-            n = len(t.tokenizer(comp, add_special_tokens=False)["input_ids"])
+            # the completion = every token after the rendered generation prompt
+            prompt_only = sm.encode([item.prompt], [list(item.images)] if item.images else None)
+            n = b.seq_len - prompt_only.seq_len
+            assert t.tokenizer.decode(b.input_ids[0, -n:]).strip() == comp
             out.append(hs[-n:].mean(0))
     return out[0] - out[1]
 
@@ -271,3 +274,16 @@ def test_prompt_baseline_edits_prompt_only(llama):
     out = ps.generate(sm, ["hello"], max_new_tokens=3)
     ref = NoSteer(LAYER).fit(sm, []).generate(sm, ["hello Be careful."], max_new_tokens=3)
     assert out == ref
+
+
+def test_fit_from_shared_p2s_features_equals_fit(llama):
+    t, sm = llama
+    items = _items(8)
+    feats = extract_p2s(sm, items, LAYER, input_layer=0, progress=False)
+    a = MeanSteer(LAYER, behaviors=["harmful"], progress=False).fit(sm, items)
+    b = MeanSteer(LAYER, behaviors=["harmful"], progress=False).fit_from_p2s(sm, items, feats.z)
+    assert torch.equal(a.vector_, b.vector_) and a.items_hash_ == b.items_hash_
+    kw = dict(input_layer=0, hidden=4, epochs=3, progress=False)
+    la = L2S(LAYER, **kw).fit(sm, items)
+    lb = L2S(LAYER, **kw).fit_from_p2s(sm, items, feats.z, feats.h)
+    assert torch.equal(la.decoder_weight_, lb.decoder_weight_)

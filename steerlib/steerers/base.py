@@ -83,10 +83,13 @@ class Steerer:
         check_finite(self.alpha, "alpha")
         items = list(items)
         self._fit(model, items)
+        self._record_fit(model, items)
+        return self
+
+    def _record_fit(self, model: SteerableModel, items: Sequence[ContrastiveItem]) -> None:
         self.model_info_ = model_info(model)
         self.n_items_ = len(items)
         self.items_hash_ = items_hash(items) if items else ""
-        return self
 
     def _fit(self, model: SteerableModel, items: list[ContrastiveItem]) -> None:
         raise NotImplementedError

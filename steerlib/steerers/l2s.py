@@ -136,11 +136,15 @@ class L2S(P2SBased):
 
     # ------------------------------------------------------------------ fitting -----
     def _fit(self, model: SteerableModel, items: list[ContrastiveItem]) -> None:
-        items = check_items(items, need_completions=True)
         check_layers(self.source_layer, model.num_layers)
-        z, h = self._p2s(model, items, input_layer=self.source_layer, input_position=self.input_position)
-        assert h is not None
-        self.features_ = (h, z)
+        super()._fit(model, items)
+
+    def _input_read(self) -> dict[str, object]:
+        return {"input_layer": self.source_layer, "input_position": self.input_position}
+
+    def _learn(self, items: list[ContrastiveItem], z: Tensor, h: Tensor | None) -> None:
+        if h is None or h.shape != z.shape:
+            raise ShapeMismatchError("L2S needs the input states h (at input_layer) with the same shape as z.")
         self._train(h, z, [it.behavior for it in items])
 
     def fit_features(self, h: Float[Tensor, "n d_model"], z: Float[Tensor, "n d_model"],

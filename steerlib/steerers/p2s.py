@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..data.items import ContrastiveItem, check_items
 from ..engine import SteerableModel
+from ..errors import ShapeMismatchError
 from .base import Inputs, Steerer, as_items
 from .extract import check_reduction, equalize_norms, extract_p2s
 
@@ -39,6 +40,31 @@ class P2SBased(Steerer):
             z = equalize_norms(z, [it.behavior for it in items], self.equalize_norms_to)
         return z, feats.h
 
+    def fit_from_p2s(self, model: SteerableModel, items: Sequence[ContrastiveItem], z: Float[Tensor, "n d_model"],
+                     h: Float[Tensor, "n d_model"] | None = None) -> "P2SBased":
+        """Fit from P2S features already extracted for ``items`` (this steerer's layer and reduction;
+        ``h`` at the L2S input layer), so several methods share one extraction."""
+        items = check_items(items, need_completions=True)
+        if z.shape != (len(items), model.hidden_size):
+            raise ShapeMismatchError(f"z has shape {tuple(z.shape)}; expected [{len(items)}, {model.hidden_size}].")
+        if self.equalize_norms_to is not None:
+            z = equalize_norms(z, [it.behavior for it in items], self.equalize_norms_to)
+        self._learn(list(items), z, h)
+        self._record_fit(model, items)
+        return self
+
+    def _fit(self, model: SteerableModel, items: list[ContrastiveItem]) -> None:
+        items = check_items(items, need_completions=True)
+        z, h = self._p2s(model, items, **self._input_read())
+        self._learn(items, z, h)
+
+    def _input_read(self) -> dict[str, object]:
+        """Which L2S-style input state to extract alongside the targets (none by default)."""
+        return {}
+
+    def _learn(self, items: list[ContrastiveItem], z: Tensor, h: Tensor | None) -> None:
+        """Learn from targets ``z`` (and inputs ``h``); nothing to learn by default (P2S)."""
+
 
 class P2S(P2SBased):
     """P2S (oracle): each input is steered with its own P2S vector, from its own completions.
@@ -51,7 +77,7 @@ class P2S(P2SBased):
     needs_fit = False
 
     def _fit(self, model: SteerableModel, items: list[ContrastiveItem]) -> None:
-        return None
+        return None  # nothing to learn: each input brings its own completions
 
     def vectors(self, model: SteerableModel, items: Inputs) -> Float[Tensor, "batch d_model"]:
         self.check_model(model)

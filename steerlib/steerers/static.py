@@ -80,14 +80,11 @@ class MeanSteer(P2SBased):
                          equalize_norms_to=equalize_norms_to, progress=progress)
         self.behaviors = list(behaviors) if behaviors is not None else None
 
-    def _fit(self, model: SteerableModel, items: list[ContrastiveItem]) -> None:
-        items = check_items(items, need_completions=True)
-        if self.behaviors is not None:
-            items = [it for it in items if it.behavior in self.behaviors]
-            if not items:
-                raise DataError(f"No training item has a behaviour in {self.behaviors}.")
-        z, _ = self._p2s(model, items)
-        self.vector_ = z.mean(0)
+    def _learn(self, items: list[ContrastiveItem], z: Tensor, h: Tensor | None) -> None:
+        keep = [i for i, it in enumerate(items) if self.behaviors is None or it.behavior in self.behaviors]
+        if not keep:
+            raise DataError(f"No training item has a behaviour in {self.behaviors}; check the labels.")
+        self.vector_ = z[keep].mean(0)
 
     def vectors(self, model: SteerableModel, items: Inputs) -> Float[Tensor, "batch d_model"]:
         self.check_model(model)
@@ -126,3 +123,7 @@ class MeanSteerBA(MeanSteer):
                  for it in items]
         z, _ = self._p2s(model, fixed)
         self.vector_ = z.mean(0)
+
+    def fit_from_p2s(self, model: SteerableModel, items: Sequence[ContrastiveItem], z: Tensor,
+                     h: Tensor | None = None) -> "MeanSteerBA":
+        raise DataError("Mean-S(BA) extracts its own fixed-pair vectors; call fit(model, items) instead.")
