@@ -6,6 +6,7 @@ from .extract import P2SFeatures, equalize_norms, extract_p2s
 from .l2s import L2S, SteeringNet
 from .p2s import P2S, NormRandom
 from .static import MeanSteer, MeanSteerBA, NoSteer, PromptSteer
+from .vectors import StaticVectors
 
 METHODS: dict[str, type[Steerer]] = {
     "none": NoSteer,
@@ -15,6 +16,7 @@ METHODS: dict[str, type[Steerer]] = {
     "mean_ba": MeanSteerBA,
     "p2s": P2S,
     "l2s": L2S,
+    "static": StaticVectors,
 }
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "P2S",
     "P2SFeatures",
     "PromptSteer",
+    "StaticVectors",
     "Steerer",
     "SteeringNet",
     "as_items",

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data.items import ContrastiveItem, items_hash
 from ..engine import Batch, Generation, SteerableModel
-from ..errors import CompatibilityError, NotFittedError, PersistenceError
+from ..errors import CompatibilityError, NotFittedError, PersistenceError, SteerlibError
 from ..intervention import Intervention, check_finite, check_layers
 from ..persistence import META_FILE, TENSORS_FILE, read_steerer_dir, write_dir_atomic
 from ..positions import as_positions
@@ -191,24 +191,43 @@ class Steerer:
         """Load any saved steerer; with ``model``, check it fits (type, hidden size, layer count)."""
         meta, tensors = read_steerer_dir(path)
         if meta.get("library") != "steerlib" or "method" not in meta:
-            raise PersistenceError(f"{path} was not written by steerlib's save_pretrained.")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise PersistenceError(f"{path} was not written by steerlib's save_pretrained (no library/method "
+                                   "in steerer.json); save the steerer with save_pretrained.")
+        fmt = meta.get("format_version", 0)
+        if isinstance(fmt, bool) or not isinstance(fmt, int):
+            raise PersistenceError(f"{path}: steerer.json has an invalid format_version {fmt!r}; the folder is "
+                                   "corrupt, save the steerer again.")
+        if fmt > FORMAT_VERSION:
             raise CompatibilityError(
-                f"{path} was saved by steerlib {meta.get('library_version')} (format {meta['format_version']}); "
+                f"{path} was saved by steerlib {meta.get('library_version')} (format {fmt}); "
                 f"this version reads format <= {FORMAT_VERSION}. Upgrade steerlib."
             )
-        klass = Steerer._registry.get(meta["method"])
+        klass = Steerer._registry.get(meta["method"]) if isinstance(meta["method"], str) else None
         if klass is None:
-            raise PersistenceError(f"{path} holds an unknown steering method {meta['method']!r}.")
+            raise PersistenceError(f"{path} holds an unknown steering method {meta['method']!r}; known methods: "
+                                   f"{', '.join(sorted(Steerer._registry))}. Upgrade steerlib or check the folder.")
         if cls is not Steerer and not issubclass(klass, cls):
-            raise PersistenceError(f"{path} holds a {klass.__name__}, not a {cls.__name__}.")
-        obj = klass(**meta["params"])
-        obj.model_info_ = meta["model"]
-        obj.n_items_ = meta["n_items"]
-        obj.items_hash_ = meta["items_sha256"]
-        obj.load_extra_state(meta.get("state", {}), tensors)
+            raise PersistenceError(f"{path} holds a {klass.__name__}, not a {cls.__name__}; load it with "
+                                   f"{klass.__name__}.from_pretrained or Steerer.from_pretrained.")
+        try:
+            if not isinstance(meta["params"], dict) or not isinstance(meta["model"], dict):
+                raise TypeError("'params' and 'model' must be JSON objects")
+            obj = klass(**meta["params"])
+            obj.model_info_ = meta["model"]
+            obj.n_items_ = meta["n_items"]
+            obj.items_hash_ = meta["items_sha256"]
+            state = meta.get("state", {})
+            obj.load_extra_state(state if isinstance(state, dict) else {}, tensors)
+        except SteerlibError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            raise PersistenceError(
+                f"{path} is corrupt: its steerer.json and steerer.safetensors do not describe a {klass.__name__} "
+                f"({type(e).__name__}: {e}). Save the steerer again with save_pretrained."
+            ) from e
         if model is not None:
             obj.check_model(model)
+            check_layers(obj.layer, model.num_layers)
         return obj
 
 

@@ -137,7 +137,16 @@ class L2S(P2SBased):
     # ------------------------------------------------------------------ fitting -----
     def _fit(self, model: SteerableModel, items: list[ContrastiveItem]) -> None:
         check_layers(self.source_layer, model.num_layers)
+        self._check_classes([it.behavior for it in check_items(items, need_completions=True)])
         super()._fit(model, items)
+
+    def _check_classes(self, behaviors: Sequence[str]) -> None:
+        """class_balance=True averages the loss per behaviour label: it needs two labels or more."""
+        if self.class_balance and len(set(behaviors)) < 2:
+            raise DataError(
+                f"class_balance=True needs at least 2 behaviour labels, but the training set has only "
+                f"{sorted(set(behaviors))}; add items of the other class(es) or pass class_balance=False."
+            )
 
     def _input_read(self) -> dict[str, object]:
         return {"input_layer": self.source_layer, "input_position": self.input_position}
@@ -161,7 +170,10 @@ class L2S(P2SBased):
     def _train(self, h: Tensor, z: Tensor, behaviors: list[str]) -> None:
         n, d = h.shape
         if n < 2:
-            raise DataError(f"L2S needs at least 2 training items, got {n}.")
+            raise DataError(f"L2S needs at least 2 training items, got {n}; add training items.")
+        if len(behaviors) != n:
+            raise ShapeMismatchError(f"{len(behaviors)} behaviour labels for {n} training vectors; give one per vector.")
+        self._check_classes(behaviors)
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)

