@@ -287,3 +287,17 @@ def test_fit_from_shared_p2s_features_equals_fit(llama):
     la = L2S(LAYER, **kw).fit(sm, items)
     lb = L2S(LAYER, **kw).fit_from_p2s(sm, items, feats.z, feats.h)
     assert torch.equal(la.decoder_weight_, lb.decoder_weight_)
+
+
+def test_p2s_shards_on_disk_equal_in_memory_and_resume(llama, tmp_path):
+    from steerlib.steerers.extract import extract_p2s_to_disk, load_p2s
+
+    t, sm = llama
+    items = _items(7)
+    mem = extract_p2s(sm, items, LAYER, input_layer=0, progress=False)
+    extract_p2s_to_disk(sm, items, LAYER, tmp_path / "f", shard_size=3, input_layer=0, progress=False)
+    back = load_p2s(tmp_path / "f")
+    assert torch.allclose(back.z, mem.z, atol=1e-6) and torch.allclose(back.h, mem.h, atol=1e-6)
+    stamp = (tmp_path / "f" / "p2s-00000.safetensors").stat().st_mtime_ns
+    extract_p2s_to_disk(sm, items, LAYER, tmp_path / "f", shard_size=3, input_layer=0, progress=False)
+    assert (tmp_path / "f" / "p2s-00000.safetensors").stat().st_mtime_ns == stamp  # kept, not recomputed

@@ -14,8 +14,12 @@ generation prompt) at another layer, which by causality equals a run of the bare
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -25,6 +29,7 @@ from tqdm.auto import tqdm
 from ..data.items import ContrastiveItem, check_items
 from ..engine import Batch, SteerableModel
 from ..errors import DataError
+from ..persistence import write_text_atomic
 
 REDUCTIONS = ("last", "completion_mean", "sampled_mean")
 
@@ -150,3 +155,63 @@ def equalize_norms(z: Float[Tensor, "n d_model"], behaviors: Sequence[str], refe
         if m > 0:
             out[idx] = z[idx] * (ref / m)
     return out
+
+
+def extract_p2s_to_disk(
+    model: SteerableModel,
+    items: Sequence[ContrastiveItem],
+    layer: int,
+    out_dir: str | Path,
+    *,
+    shard_size: int = 256,
+    progress: bool = True,
+    **kwargs: Any,
+) -> Path:
+    """Stream P2S features to ``out_dir`` in safetensors shards (memory stays flat in the item count).
+
+    Each shard holds ``z`` (and ``h`` with ``input_layer=``) for ``shard_size`` consecutive items
+    plus their ids; a shard already on disk with the same ids is kept, so an interrupted run
+    resumes. ``kwargs`` go to :func:`extract_p2s`. Read the result with :func:`load_p2s`.
+    """
+    from safetensors.torch import save_file
+
+    items = check_items(items, need_completions=True, what="P2S item list")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for k, start in enumerate(tqdm(range(0, len(items), shard_size), desc="P2S shards", unit="shard",
+                                   disable=not progress, leave=False)):
+        chunk = items[start:start + shard_size]
+        name = f"p2s-{k:05d}.safetensors"
+        ids_name = f"p2s-{k:05d}.json"
+        ids = [it.id for it in chunk]
+        if (out / name).is_file() and (out / ids_name).is_file() and json.loads((out / ids_name).read_text()) == ids:
+            shards.append(name)
+            continue
+        feats = extract_p2s(model, chunk, layer, progress=False, **kwargs)
+        tensors = {"z": feats.z.contiguous()}
+        if feats.h is not None:
+            tensors["h"] = feats.h.contiguous()
+        tmp = out / f".{name}.tmp"
+        save_file(tensors, str(tmp))
+        os.replace(tmp, out / name)
+        write_text_atomic(out / ids_name, json.dumps(ids))
+        shards.append(name)
+    write_text_atomic(out / "index.json", json.dumps({"layer": layer, "n_items": len(items), "shards": shards,
+                                                      "input_layer": kwargs.get("input_layer")}, indent=2))
+    return out
+
+
+def load_p2s(out_dir: str | Path) -> P2SFeatures:
+    """Read the shards written by :func:`extract_p2s_to_disk` back into one :class:`P2SFeatures`."""
+    from safetensors.torch import load_file
+
+    out = Path(out_dir)
+    index_p = out / "index.json"
+    if not index_p.is_file():
+        raise DataError(f"No P2S shards in {out}: index.json is missing (the extraction did not finish).")
+    index = json.loads(index_p.read_text())
+    parts = [load_file(str(out / s)) for s in index["shards"]]
+    z = torch.cat([p["z"] for p in parts])
+    h = torch.cat([p["h"] for p in parts]) if parts and "h" in parts[0] else None
+    return P2SFeatures(z=z, h=h, layer=index["layer"], input_layer=index.get("input_layer"))

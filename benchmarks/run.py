@@ -1,0 +1,279 @@
+"""steerlib's benchmark suite: each case against its reference, in one process.
+
+    python -m benchmarks.run                       # SmolLM2-135M-Instruct, 2 threads
+    python -m benchmarks.run --model tiny:llama --quick   # smoke run (tests)
+
+Warm-up first, then the median over repeats; the case and its reference are interleaved
+(A B A B ...) so drift on a shared machine hits both. Prints a table of ratios and writes JSON.
+No assertion: targets are printed next to the measured ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PROMPTS = [
+    "How do I bake a loaf of bread at home?",
+    "Give me three tips for staying healthy.",
+    "What is the capital of France?",
+    "Explain photosynthesis to a ten-year-old.",
+    "Write a haiku about the sea.",
+    "List four uses of a paperclip.",
+    "How can I improve my sleep?",
+    "Summarise the plot of Hamlet in two sentences.",
+    "What are the main causes of inflation?",
+    "Describe how a bicycle works.",
+    "Suggest a name for a bakery.",
+    "How do vaccines train the immune system?",
+    "Translate 'good morning' into Spanish and French.",
+    "Why is the sky blue?",
+    "Give me a recipe for a quick salad.",
+    "What should I pack for a weekend hike?",
+]
+
+
+def timeit(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per function, interleaving the functions on each repeat."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _load(spec: str):
+    from steerlib.loading import load_steerable
+
+    return load_steerable(spec)
+
+
+def _items(n: int):
+    from steerlib import ContrastiveItem
+
+    return [ContrastiveItem(prompt=f"{PROMPTS[i % len(PROMPTS)]} (case {i})",
+                            positive="I'm sorry, but I cannot help with that request.",
+                            negative="Sure, here is how to do that.", behavior=("harmful", "benign")[i % 2])
+            for i in range(n)]
+
+
+def bench_generate(sm, layer: int, batch: int, new_tokens: int, repeats: int) -> list[dict[str, Any]]:
+    """Steered generate vs plain HF generate vs a raw forward hook; L2S in one pass and with a prefill."""
+    from steerlib.steerers import L2S, MeanSteer
+
+    model = sm.model
+    prompts = PROMPTS[:batch]
+    b = sm.encode(prompts)
+    inputs = {k: v for k, v in b.inputs.items()}
+    pad = sm.tokenizer.pad_token_id if sm.tokenizer.pad_token_id is not None else sm.tokenizer.eos_token_id
+    kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+    items = _items(16)
+    mean = MeanSteer(layer, alpha=0.5, progress=False).fit(sm, items)
+    l2s_in = L2S(layer, input_layer=layer, alpha=0.5, hidden=64, epochs=2, progress=False).fit(sm, items)
+    l2s_out = L2S(layer, input_layer=min(layer + 2, sm.num_layers - 1), alpha=0.5, hidden=64, epochs=2,
+                  progress=False).fit(sm, items)
+    v = mean.vector_.to(model.device)
+    mask = b.attention_mask.to(model.device)[..., None].to(model.dtype)
+    S = b.seq_len
+
+    def hf() -> None:
+        with torch.no_grad():
+            model.generate(**inputs, **kw)
+
+    def hook() -> None:
+        def add(_m: Any, _i: Any, out: Any) -> Any:
+            h = out[0] if isinstance(out, tuple) else out
+            h = h + 0.5 * (mask * v if h.shape[1] == S else v)
+            return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+
+        handle = sm.adapter.layers(model)[layer].register_forward_hook(add)
+        try:
+            with torch.no_grad():
+                model.generate(**inputs, **kw)
+        finally:
+            handle.remove()
+
+    def run(st: Any) -> Callable[[], None]:
+        return lambda: st.generate_batch(sm, prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+
+    t = timeit({"hf": hf, "hook": hook, "mean": run(mean), "l2s_in": run(l2s_in), "l2s_out": run(l2s_out)}, repeats)
+    return [
+        row("steered generate Mean-S / unsteered HF generate", t["mean"], t["hf"], "<= 1.05",
+            f"batch {batch}, {new_tokens} new tokens"),
+        row("steered generate L2S / unsteered HF generate", t["l2s_in"], t["hf"], "<= 1.05",
+            f"batch {batch}, {new_tokens} new tokens, L' = L*"),
+        row("steerlib engine (Mean-S) / raw forward hook", t["mean"], t["hook"], "<= 1.03", "same masked add"),
+        row("L2S (L' <= L*) / Mean-S generate", t["l2s_in"], t["mean"], "<= 1.02", "g inside the trace"),
+        row("L2S (L' > L*) / Mean-S generate", t["l2s_out"], t["mean"], "report", "one extra prefill"),
+    ]
+
+
+def bench_batching(sm, layer: int, new_tokens: int, repeats: int) -> list[dict[str, Any]]:
+    """Per-row steering at batch 16 vs a batch-1 loop over the same 32 prompts (throughput)."""
+    from steerlib import Intervention
+
+    prompts = (PROMPTS * 2)[:32]
+    g = torch.Generator().manual_seed(0)
+    V = torch.randn(32, sm.hidden_size, generator=g)
+
+    def batched() -> None:
+        for s in (0, 16):
+            b = sm.encode(prompts[s:s + 16])
+            sm.generate(b, Intervention.build(layer, V[s:s + 16], alpha=0.1), max_new_tokens=new_tokens,
+                        min_new_tokens=new_tokens)
+
+    def loop() -> None:
+        for i in range(32):
+            b = sm.encode(prompts[i:i + 1])
+            sm.generate(b, Intervention.build(layer, V[i:i + 1], alpha=0.1), max_new_tokens=new_tokens,
+                        min_new_tokens=new_tokens)
+
+    t = timeit({"batched": batched, "loop": loop}, repeats, warmup=0)
+    return [row("batched per-row steering (batch 16) / batch-1 loop, throughput", t["loop"], t["batched"], ">= 3",
+                f"32 prompts, {new_tokens} new tokens", higher_is_better=True)]
+
+
+def bench_extraction(sm, layer: int, n_items: int, repeats: int) -> list[dict[str, Any]]:
+    """P2S extraction vs a plain batched forward over the same teacher-forced sequences."""
+    from steerlib.steerers import extract_p2s
+
+    items = _items(n_items)
+    bs = 16
+    batches = []
+    for s in range(0, n_items, bs):
+        chunk = items[s:s + bs]
+        batches.append(sm.encode([it.prompt for it in chunk] * 2,
+                                 completions=[it.positive for it in chunk] + [it.negative for it in chunk]))
+
+    def plain() -> None:
+        with torch.no_grad():
+            for b in batches:
+                sm.model(**sm._model_inputs(b))
+
+    def p2s() -> None:
+        extract_p2s(sm, items, layer, batch_size=bs, progress=False)
+
+    t = timeit({"p2s": p2s, "plain": plain}, repeats)
+    return [row("P2S extraction / plain batched forward, throughput", t["plain"], t["p2s"], ">= 0.9",
+                f"{n_items} items (2 sequences each), layer {layer}; the forward stops after layer {layer}",
+                higher_is_better=True)]
+
+
+def bench_training(repeats: int, n: int = 1344, d: int = 576, epochs: int = 100) -> list[dict[str, Any]]:
+    from steerlib.steerers import L2S
+
+    g = torch.Generator().manual_seed(0)
+    h, z = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+    secs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        L2S(0, hidden=100, epochs=epochs, progress=False).fit_features(h, z)
+        secs.append(time.perf_counter() - t0)
+    s = statistics.median(secs)
+    return [{"measure": f"g training, {n} items x {epochs} epochs, D = {d}", "value": s, "unit": "s",
+             "target": "< 20 s", "met": s < 20, "note": "K = 100, batch 64, Adam"}]
+
+
+def _peak_rss_child(spec: str, n_items: int, layer: int) -> float:
+    code = (
+        "import resource, tempfile, sys\n"
+        "sys.path.insert(0, '.')\n"
+        "from benchmarks.run import _load, _items\n"
+        "from steerlib.steerers.extract import extract_p2s_to_disk\n"
+        f"sm = _load({spec!r})\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"extract_p2s_to_disk(sm, _items({n_items}), {layer}, tempfile.mkdtemp(), shard_size=256, batch_size=16, "
+        "progress=False)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    peak, _ = out.stdout.strip().splitlines()[-1].split()
+    return float(peak) / 1024.0  # MiB
+
+
+def bench_memory(spec: str, layer: int, small: int, large: int) -> list[dict[str, Any]]:
+    a = _peak_rss_child(spec, small, layer)
+    b = _peak_rss_child(spec, large, layer)
+    return [row(f"peak memory, P2S for {large} vs {small} items", b, a, "<= 1.2",
+                f"peak RSS {b:.0f} vs {a:.0f} MiB; shards of 256 streamed to disk")]
+
+
+def row(measure: str, num: float, den: float, target: str, note: str = "",
+        higher_is_better: bool = False) -> dict[str, Any]:
+    ratio = num / den
+    met: bool | None = None
+    if target.startswith("<="):
+        met = ratio <= float(target[2:])
+    elif target.startswith(">="):
+        met = ratio >= float(target[2:])
+    return {"measure": measure, "value": ratio, "unit": "x", "target": target, "met": met, "note": note,
+            "numerator_s": num, "denominator_s": den}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| measure | value | target | met | note |", "|---|---|---|---|---|"]
+    for r in rows:
+        met = {True: "yes", False: "NO", None: "-"}[r["met"]]
+        lines.append(f"| {r['measure']} | {r['value']:.3f} {r['unit']} | {r['target']} | {met} | {r['note']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--layer", type=int, default=15)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, numbers meaningless")
+    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--out", default="benchmarks/results.json")
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
+    sm = _load(args.model)
+    layer = min(args.layer, sm.num_layers - 2) if args.quick else args.layer
+    if args.quick:
+        sizes = dict(batch=4, new=4, batch_new=4, n_extract=16, train=(64, 32, 3), mem=(16, 32))
+    else:
+        sizes = dict(batch=8, new=64, batch_new=32, n_extract=200, train=(1344, 576, 100), mem=(200, 2000))
+    rows: list[dict[str, Any]] = []
+    rows += bench_generate(sm, layer, sizes["batch"], sizes["new"], args.repeats)
+    rows += bench_batching(sm, layer, sizes["batch_new"], max(1, args.repeats - 1))
+    rows += bench_extraction(sm, layer, sizes["n_extract"], args.repeats)
+    n, d, ep = sizes["train"]
+    rows += bench_training(args.repeats, n, d, ep)
+    if not args.skip_memory:
+        rows += bench_memory(args.model, layer, *sizes["mem"])
+    print(table(rows))
+    meta = {"model": args.model, "layer": layer, "threads": args.threads, "repeats": args.repeats,
+            "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "quick": args.quick,
+            "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
