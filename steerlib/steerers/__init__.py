@@ -2,7 +2,7 @@
 ``generate(model, inputs, alpha=..., positions=...)``, ``save_pretrained`` / ``from_pretrained``."""
 
 from .base import Steerer, as_items
-from .extract import P2SFeatures, equalize_norms, extract_p2s
+from .extract import P2SFeatures, equalize_norms, extract_p2s, extract_p2s_layers, extract_p2s_to_disk, load_p2s
 from .l2s import L2S, SteeringNet
 from .p2s import P2S, NormRandom
 from .static import MeanSteer, MeanSteerBA, NoSteer, PromptSteer
@@ -35,4 +35,7 @@ __all__ = [
     "as_items",
     "equalize_norms",
     "extract_p2s",
+    "extract_p2s_layers",
+    "extract_p2s_to_disk",
+    "load_p2s",
 ]

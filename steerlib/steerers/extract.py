@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..data.items import ContrastiveItem, check_items
 from ..engine import Batch, SteerableModel
 from ..errors import DataError
+from ..intervention import check_layers
 from ..persistence import write_text_atomic
 
 REDUCTIONS = ("last", "completion_mean", "sampled_mean")
@@ -63,28 +64,57 @@ def extract_p2s(
     seed: int = 0,
     progress: bool = True,
 ) -> P2SFeatures:
-    """P2S vectors for ``items`` (and optionally L2S inputs), in the items' order."""
+    """P2S vectors for ``items`` (and optionally L2S inputs at ``input_layer``), in the items' order."""
+    inputs = {layer: input_layer} if input_layer is not None else {}
+    return extract_p2s_layers(model, items, [layer], input_layers=inputs, reduction=reduction,
+                              input_position=input_position, batch_size=batch_size,
+                              continuation_tokens=continuation_tokens, seed=seed, progress=progress)[layer]
+
+
+def extract_p2s_layers(
+    model: SteerableModel,
+    items: Sequence[ContrastiveItem],
+    layers: Sequence[int],
+    *,
+    input_layers: dict[int, int] | None = None,
+    reduction: str = "completion_mean",
+    input_position: str = "last_prompt",
+    batch_size: int = 8,
+    continuation_tokens: int = 100,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[int, P2SFeatures]:
+    """P2S vectors at several layers from the same teacher-forced passes.
+
+    ``input_layers`` maps a target layer to the layer whose state (at ``input_position``) is
+    returned as that target's L2S input; layers absent from it get ``h = None``.
+    """
     items = check_items(items, need_completions=True, what="P2S item list")
     check_reduction(reduction)
+    layers = sorted(set(check_layers(list(layers), model.num_layers)))
+    input_layers = dict(input_layers or {})
     order = sorted(range(len(items)), key=lambda i: len(items[i].prompt))  # less padding per batch
-    z = torch.empty(len(items), model.hidden_size)
-    h = torch.empty(len(items), model.hidden_size) if input_layer is not None else None
-    bar = tqdm(total=len(items), desc=f"P2S layer {layer}", unit="item", disable=not progress, leave=False)
+    z = {layer: torch.empty(len(items), model.hidden_size) for layer in layers}
+    h = {layer: torch.empty(len(items), model.hidden_size) for layer in input_layers}
+    bar = tqdm(total=len(items), desc=f"P2S layers {layers}", unit="item", disable=not progress, leave=False)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         chunk = [items[i] for i in idx]
-        zb, hb = _p2s_batch(model, chunk, layer, reduction, input_layer, input_position, continuation_tokens, seed)
-        z[idx] = zb
-        if h is not None and hb is not None:
-            h[idx] = hb
+        zb, hb = _p2s_batch(model, chunk, layers, reduction, sorted(set(input_layers.values())), input_position,
+                            continuation_tokens, seed)
+        for layer in layers:
+            z[layer][idx] = zb[layer]
+        for layer, src in input_layers.items():
+            h[layer][idx] = hb[src]
         bar.update(len(idx))
     bar.close()
-    return P2SFeatures(z=z, h=h, layer=layer, input_layer=input_layer)
+    return {layer: P2SFeatures(z=z[layer], h=h.get(layer), layer=layer, input_layer=input_layers.get(layer))
+            for layer in layers}
 
 
-def _p2s_batch(model: SteerableModel, chunk: list[ContrastiveItem], layer: int, reduction: str,
-               input_layer: int | None, input_position: str, continuation_tokens: int,
-               seed: int) -> tuple[Tensor, Tensor | None]:
+def _p2s_batch(model: SteerableModel, chunk: list[ContrastiveItem], layers: list[int], reduction: str,
+               input_layers: list[int], input_position: str, continuation_tokens: int,
+               seed: int) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
     n = len(chunk)
     prompts = [it.prompt for it in chunk] * 2
     images = [list(it.images) for it in chunk] * 2
@@ -92,25 +122,26 @@ def _p2s_batch(model: SteerableModel, chunk: list[ContrastiveItem], layer: int, 
     close = reduction == "last"
     batch = model.encode(prompts, images if any(images) else None, completions=completions, close_turn=close)
     if reduction == "sampled_mean":
-        means, states = _sampled_means(model, batch, layer, continuation_tokens, seed, input_layer)
-        hb = None
-        if input_layer is not None:
-            pos = batch.last_prompt_index if input_position == "last_prompt" else batch.last_prompt_no_gen_index
-            hb = states[input_layer][0][torch.arange(n), pos[:n]]
-        return means[:n] - means[n:], hb
-    reads = [(layer, "last" if close else "completion_mean")]
-    if input_layer is not None:
-        reads.append((input_layer, input_position))
+        zs, hs = {}, {}
+        pos = (batch.last_prompt_index if input_position == "last_prompt" else batch.last_prompt_no_gen_index)[:n]
+        for k, layer in enumerate(layers):
+            means, states = _sampled_means(model, batch, layer, continuation_tokens, seed,
+                                           input_layers if k == 0 else [])
+            zs[layer] = means[:n] - means[n:]
+            for src in input_layers if k == 0 else []:
+                hs[src] = states[src][0][torch.arange(n), pos]
+        return zs, hs
+    target = "last" if close else "completion_mean"
+    reads = [(layer, target) for layer in layers] + [(src, input_position) for src in input_layers]
     got = model.read_many(batch, reads)
-    t = got[reads[0]]
-    hb = got[reads[1]][:n] if input_layer is not None else None
-    return t[:n] - t[n:], hb
+    return ({layer: got[(layer, target)][:n] - got[(layer, target)][n:] for layer in layers},
+            {src: got[(src, input_position)][:n] for src in input_layers})
 
 
 def _sampled_means(model: SteerableModel, batch: Batch, layer: int, n_tokens: int, seed: int,
-                   input_layer: int | None) -> tuple[Tensor, dict[int, list[Tensor]]]:
+                   input_layers: Sequence[int]) -> tuple[Tensor, dict[int, list[Tensor]]]:
     """Mean state over the forced completion plus a seeded sampled continuation, per row."""
-    collect = [layer] if input_layer is None else sorted({layer, input_layer})
+    collect = sorted({layer, *input_layers})
     cuda = [model.device.index or 0] if model.device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
