@@ -1,0 +1,52 @@
+"""CLI: every subcommand has --help with an example; user mistakes are one clear line; the demo
+and fit/generate/export run end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+
+from steerlib.cli import main
+
+
+@pytest.mark.parametrize("cmd", ["fit", "generate", "compare", "demo", "export"])
+def test_help_shows_an_example(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "example:" in out and f"steerlib {cmd}" in out
+
+
+def test_user_mistake_is_one_line_not_a_traceback(capsys, tmp_path):
+    assert main(["generate", "--model", "nope-model", "--steerer", str(tmp_path), "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Unknown model 'nope-model'") and "Traceback" not in err
+
+
+def test_fit_generate_export_on_a_tiny_model(tmp_path, capsys):
+    data = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "text-safety")
+    out = tmp_path / "mean"
+    assert main(["fit", "--model", "tiny:llama", "--data-root", data, "--method", "mean", "--layer", "1",
+                 "--limit", "3", "--out", str(out)]) == 0
+    assert (out / "steerer.safetensors").is_file()
+    assert main(["generate", "--model", "tiny:llama", "--steerer", str(out), "--prompt", "hello", "--compare",
+                 "--max-new-tokens", "3"]) == 0
+    assert "[mean]" in capsys.readouterr().out
+    assert main(["export", "--steerer", str(out), "--out", str(tmp_path / "v.gguf")]) == 0
+    assert (tmp_path / "v.gguf").is_file()
+    assert main(["export", "--steerer", str(out), "--out", str(tmp_path / "v.gguf")]) == 2  # no overwrite
+
+
+def test_demo_smoke_on_a_tiny_model(tmp_path, capsys):
+    assert main(["demo", "--model", "tiny:llama", "--scale", "0.1", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert [r["method"] for r in res["table"]] == ["no steering", "Mean-S", "L2S", "P2S (oracle)"]
+    assert "| method |" in capsys.readouterr().out
+    assert (tmp_path / "results.md").is_file() and res["plots"]
+    # a rerun reuses the cached steerers and generations
+    assert main(["demo", "--model", "tiny:llama", "--scale", "0.1", "--out", str(tmp_path)]) == 0
