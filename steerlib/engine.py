@@ -8,7 +8,7 @@ Layer ``i`` is the output of decoder block ``i`` (HF ``hidden_states[i + 1]``).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -454,7 +454,8 @@ class SteerableModel:
             raise TypeError(f"Expected an Intervention, got {type(iv).__name__}; build one with Intervention.build(...).")
         iv = iv.validate(self.num_layers, self.hidden_size, batch.size)
         if iv.positions.name == "image" and not bool(batch.image_mask.any()):
-            raise PositionError("positions='image' but the batch has no image tokens.")
+            raise PositionError("positions='image' but the batch has no image tokens; pass the images with the "
+                                "prompts, or steer positions='text' or 'all'.")
         return iv
 
     def _predict_extra_prefill(self, batch: Batch, iv: Intervention) -> Tensor:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -21,13 +22,22 @@ SOURCE_POSITIONS = ("last_prompt", "last_prompt_no_gen")
 
 def check_layers(layers: int | Sequence[int], num_layers: int) -> tuple[int, ...]:
     """Validate layer indices (``i`` = output of decoder block ``i``) and return them sorted."""
-    if isinstance(layers, bool) or isinstance(layers, int):
-        layers = [layers]
+    if isinstance(layers, (bool, numbers.Integral, str, bytes, Tensor)) or not isinstance(layers, Iterable):
+        layers = [layers]  # type: ignore[list-item]
     out = []
     for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, int):
-            raise LayerIndexError(f"Layer index {layer!r} is not an integer; layers are 0-based ints.")
-        if layer < 0 or layer >= num_layers:
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+            raise LayerIndexError(
+                f"Layer index {layer!r} ({type(layer).__name__}) is not an integer; layers are 0-based ints, "
+                f"use 0..{num_layers - 1}."
+            )
+        layer = int(layer)
+        if layer < 0:
+            raise LayerIndexError(
+                f"Layer {layer} is negative: steerlib does not count layers from the end. Use 0..{num_layers - 1} "
+                f"(e.g. {num_layers - 1} for the last of this model's {num_layers} decoder layers)."
+            )
+        if layer >= num_layers:
             raise LayerIndexError(
                 f"Layer {layer} is out of range: this model has {num_layers} decoder layers, "
                 f"so use 0..{num_layers - 1} (layer i is the output of decoder block i, HF hidden_states[i+1])."
@@ -43,8 +53,13 @@ def check_finite(x: Tensor | float, what: str) -> None:
     if isinstance(x, Tensor):
         if not torch.isfinite(x).all():
             raise NonFiniteError(f"{what} contains NaN or infinite values; check how it was computed.")
-    elif not math.isfinite(float(x)):
-        raise NonFiniteError(f"{what} must be finite, got {x!r}.")
+    else:
+        try:
+            ok = not isinstance(x, (str, bytes)) and math.isfinite(float(x))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise NonFiniteError(f"{what} must be a finite number, got {x!r}; pass a real number such as 1.0.")
 
 
 @dataclass(frozen=True)
@@ -78,7 +93,7 @@ class Intervention:
         source_layer: int | None = None,
         source_position: str = "last_prompt",
     ) -> "Intervention":
-        ls = (layers,) if isinstance(layers, int) else tuple(layers)
+        ls = tuple(layers) if isinstance(layers, Iterable) and not isinstance(layers, (str, bytes, Tensor)) else (layers,)
         return cls(layers=ls, vectors=vectors, alpha=alpha, positions=as_positions(positions),
                    predictor=predictor, source_layer=source_layer, source_position=source_position)
 

@@ -52,15 +52,19 @@ def write_dir_atomic(target: str | os.PathLike[str], files: Mapping[str, bytes |
                 tensors = {k: v.detach().cpu().contiguous() for k, v in content.items()}  # type: ignore[union-attr]
                 save_file(tensors, str(p))
             elif name.endswith(".json"):
-                p.write_text(json.dumps(content, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+                p.write_text(json.dumps(content, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
             elif isinstance(content, bytes):
                 p.write_bytes(content)
             else:
-                p.write_text(str(content))
+                p.write_text(str(content), encoding="utf-8")
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"
             os.replace(target, old)
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old, target)  # put the previous folder back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
@@ -76,7 +80,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -100,9 +104,14 @@ def read_steerer_dir(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict
             hint = f" It holds pickle-based files {bad}, which steerlib refuses to load." if bad else ""
             raise PersistenceError(f"{path} is missing {p.name} (found {others}).{hint} Save with save_pretrained.")
     try:
-        meta = json.loads(meta_p.read_text())
-    except json.JSONDecodeError as e:
+        meta = json.loads(meta_p.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError (binary/pickle bytes)
         raise PersistenceError(f"{meta_p} is not valid JSON ({e}); the folder is corrupt, save the steerer again.") from e
+    if not isinstance(meta, dict):
+        raise PersistenceError(
+            f"{meta_p} holds a JSON {type(meta).__name__}, not the metadata object save_pretrained writes; "
+            "the folder is corrupt, save the steerer again."
+        )
     try:
         tensors = load_file(str(tens_p))
     except Exception as e:

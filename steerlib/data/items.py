@@ -110,6 +110,8 @@ def load_image(image: ImageLike) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB") if image.mode != "RGB" else image
     path = Path(image)
+    if path.is_dir():
+        raise DataFileError(f"{path} is a folder, not an image file; give the path of the image itself.")
     if not path.is_file():
         raise DataFileError(f"Image file not found: {path}. Check the image folder or the path in the data file.")
     try:

@@ -176,7 +176,8 @@ def equalize_norms(z: Float[Tensor, "n d_model"], behaviors: Sequence[str], refe
         raise DataError(f"{len(behaviors)} behaviour labels for {z.shape[0]} vectors.")
     labels = list(behaviors)
     if reference not in labels:
-        raise DataError(f"Norm reference behaviour {reference!r} is not among the labels {sorted(set(labels))}.")
+        raise DataError(f"Norm reference behaviour {reference!r} is not among the labels {sorted(set(labels))}; "
+                        "pass equalize_norms_to= one of these labels, or None.")
     norms = z.norm(dim=-1)
     ref = norms[[i for i, b in enumerate(labels) if b == reference]].mean()
     out = z.clone()

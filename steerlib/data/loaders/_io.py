@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -51,10 +52,7 @@ def iter_json_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """
     text = _read_text(path)
     if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataFileError(f"{path}:{e.lineno}: malformed JSON ({e.msg}). Fix or re-download the file.") from e
+        data = _loads(text, path, None)
         for i, rec in enumerate(data, start=1):
             if not isinstance(rec, dict):
                 raise DataFileError(f"{path}: entry {i} is a {type(rec).__name__}, expected a JSON object.")
@@ -63,24 +61,47 @@ def iter_json_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataFileError(
-                f"{path}:{lineno}: malformed JSON line ({e.msg}). Each line must be one JSON object; "
-                "fix or remove that line."
-            ) from e
+        rec = _loads(line, path, lineno)
         if not isinstance(rec, dict):
             raise DataFileError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}.")
         yield lineno, rec
 
 
+def _loads(text: str, path: Path, lineno: int | None) -> Any:
+    """``json.loads`` with every failure as a DataFileError naming the file and line.
+
+    ``lineno`` is the line of a JSON-lines record (None: ``text`` is the whole file). Besides
+    syntax errors this catches what ``json`` raises outside ``JSONDecodeError``: integers too
+    long to convert (ValueError), nesting too deep (RecursionError), and lone UTF-16 surrogate
+    escapes such as ``"\ud800"``, which decode to strings no tokenizer or hash can encode.
+    """
+    what = "malformed JSON line" if lineno is not None else "malformed JSON"
+    fix = ("Each line must be one JSON object; fix or remove that line." if lineno is not None
+           else "Fix or re-download the file.")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        line = lineno if lineno is not None else e.lineno
+        raise DataFileError(f"{path}:{line}: {what} ({e.msg}). {fix}") from e
+    except (ValueError, RecursionError) as e:
+        where = f"{path}:{lineno}" if lineno is not None else str(path)
+        raise DataFileError(f"{where}: {what} ({type(e).__name__}: {e}). {fix}") from e
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        where = f"{path}:{lineno}" if lineno is not None else str(path)
+        raise DataFileError(
+            f"{where}: the JSON holds an invalid Unicode escape (a lone surrogate such as \\ud800). {fix}"
+        ) from e
+    except (ValueError, RecursionError) as e:  # pragma: no cover - json.loads output always re-encodes
+        where = f"{path}:{lineno}" if lineno is not None else str(path)
+        raise DataFileError(f"{where}: {what} ({e}). {fix}") from e
+    return data
+
+
 def read_json(path: Path) -> Any:
     """A whole JSON file."""
-    try:
-        return json.loads(_read_text(path))
-    except json.JSONDecodeError as e:
-        raise DataFileError(f"{path}:{e.lineno}: malformed JSON ({e.msg}). Fix or re-download the file.") from e
+    return _loads(_read_text(path), path, None)
 
 
 def require_keys(rec: dict[str, Any], keys: Sequence[str], path: Path, line: int | str) -> None:
@@ -95,7 +116,9 @@ def require_keys(rec: dict[str, Any], keys: Sequence[str], path: Path, line: int
 def iter_csv_rows(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
     """Rows of a CSV file with a header, as dicts, with the line number where each row starts."""
     text = _read_text(path)
-    reader = csv.reader(text.splitlines(keepends=True))
+    # strict: an unclosed quote is an error, not a field that silently swallows the rest of the file
+    # (io.StringIO with newline="" splits lines like the file on disk: not at \x0c, \u2028, ...)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader)
     except StopIteration:

@@ -89,6 +89,8 @@ def load_donotanswer(
                 meta={"dataset": "donotanswer", "risk_area": f.stem, "intents": list(intents),
                       "line": line, "source_file": str(f)},
             ))
+    if not items:
+        raise DataFileError(f"{p}: no prompts found; the file(s) are empty. Check the path or re-download the data.")
     return items
 
 
