@@ -180,6 +180,7 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
         finite = [p for p in ppl if p == p and p != float("inf")]
         r["perplexity_median"] = sorted(finite)[len(finite) // 2] if finite else float("nan")
 
+    quality = _g_quality(model, steerers, val_items, layers, out_dir / "g_quality.json")
     table = markdown_table(rows)
     print("\n" + table + "\n")
     print(_side_by_side(test, rows, show))
@@ -188,9 +189,11 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
     result = {"table": [{k: v for k, v in r.items() if k != "_out"} for r in rows],
               "selection": {k: list(v) for k, v in picked.items()},
               "validation": [{"method": m, "layer": layer, "alpha": a, **s} for (m, layer, a), s in val.items()],
-              "splits": {k: len(v) for k, v in splits.items()}, "seconds": elapsed, "plots": [str(p) for p in plots]}
+              "splits": {k: len(v) for k, v in splits.items()}, "seconds": elapsed, "plots": [str(p) for p in plots],
+              "g_quality_on_validation": quality}
     write_text_atomic(out_dir / "results.json", json.dumps(result, indent=2))
     write_text_atomic(out_dir / "results.md", table + "\n")
+    print(f"L2S vs P2S on the validation split: {json.dumps(quality)}")
     print(f"chosen on validation: {json.dumps(result['selection'])}; wrote {out_dir}/results.md, results.json, "
           f"{', '.join(p.name for p in plots)}; {elapsed:.0f} s")
     return result
@@ -237,6 +240,34 @@ def _fit_or_load(model: SteerableModel, train: list[ContrastiveItem], layers: Se
             for m, st in (("mean", mean), ("l2s", l2s)):
                 st.save_pretrained(folder / f"{m}-L{layer}", overwrite=True)
                 out[(m, layer)] = st
+    return out
+
+
+def _g_quality(model: SteerableModel, steerers: dict[tuple[str, int], Steerer], items: list[ContrastiveItem],
+               layers: Sequence[int], path: Path) -> dict[str, Any]:
+    """How well g predicts P2S on held-out (validation) items: cosine per behaviour, norm ratio."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    feats = extract_p2s_layers(model, items, list(layers), input_layers={layer: layer for layer in layers},
+                               batch_size=16, progress=False)
+    out: dict[str, Any] = {}
+    for layer in layers:
+        f = feats[layer]
+        l2s = steerers[("l2s", layer)]
+        assert isinstance(l2s, L2S) and f.h is not None
+        pred = l2s.predict(f.h)
+        rec: dict[str, Any] = {"train_seconds": l2s.train_seconds_}
+        for beh in sorted({it.behavior for it in items}):
+            idx = [i for i, it in enumerate(items) if it.behavior == beh]
+            zn = f.z[idx].norm(dim=-1)
+            if float(zn.max()) > 0:
+                cos = torch.nn.functional.cosine_similarity(pred[idx], f.z[idx], dim=-1)
+                rec[beh] = {"cosine_mean": float(cos.mean()), "norm_ratio": float(pred[idx].norm(dim=-1).mean() / zn.mean())}
+            else:  # a zero target: report how large the prediction is relative to the harmful vectors
+                ref = f.z[[i for i, it in enumerate(items) if it.behavior == "harmful"]].norm(dim=-1).mean()
+                rec[beh] = {"pred_norm_over_harmful_norm": float(pred[idx].norm(dim=-1).mean() / ref)}
+        out[f"L{layer}"] = rec
+    write_text_atomic(path, json.dumps(out, indent=2))
     return out
 
 
