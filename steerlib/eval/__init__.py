@@ -1,5 +1,17 @@
-"""Evaluation: metrics as pure functions, judges behind one small protocol."""
+"""Evaluation: metrics as pure functions, judges behind one small protocol, and the comparison runner.
 
+The runner itself is ``steerlib.eval.compare.compare`` (not re-exported here, so that
+``steerlib.eval.compare`` stays the module).
+"""
+
+from .compare import (
+    CompareResult,
+    JsonlCache,
+    MetricConfig,
+    RunSpec,
+    compute_rows,
+    load_result,
+)
 from .judges import SAFETY_JUDGE_TEMPLATE, ClassifierJudge, Judge, KeywordJudge
 from .metrics import (
     DEFERRAL_KEYWORDS,
@@ -34,20 +46,27 @@ from .metrics import (
     wilson_interval,
     yes_ratio,
 )
+from .report import ReportPaths, markdown_table, write_report
 
 __all__ = [
     "ClassifierJudge",
+    "CompareResult",
     "ConfusionCounts",
     "DEFERRAL_KEYWORDS",
     "DEFERRAL_PHRASES",
     "DEFERRAL_STRICT_PATTERN",
+    "JsonlCache",
     "Judge",
     "KeywordJudge",
+    "MetricConfig",
     "PopeMetrics",
     "Proportion",
     "REFUSAL_KEYWORDS",
+    "ReportPaths",
+    "RunSpec",
     "SAFETY_JUDGE_TEMPLATE",
     "answer_matches_label",
+    "compute_rows",
     "confusion_counts",
     "deferral_rate",
     "ed_score",
@@ -55,6 +74,8 @@ __all__ = [
     "is_deferral",
     "is_refusal",
     "is_unchanged",
+    "load_result",
+    "markdown_table",
     "paper_code_f1",
     "paper_pope_accuracy",
     "parse_yes_no",
@@ -70,5 +91,6 @@ __all__ = [
     "unsafe_score",
     "unsafe_thresholds",
     "wilson_interval",
+    "write_report",
     "yes_ratio",
 ]
