@@ -80,6 +80,7 @@ from ..steerers.extract import extract_p2s
 from ..steerers.p2s import P2SBased
 from .judges import Judge
 from .metrics import (
+    strip_trailing_pad,
     answer_matches_label,
     is_deferral,
     is_refusal,
@@ -383,10 +384,12 @@ def compare(
             ``from_pretrained``) is used as is, at its own layer. Methods that steer no layer
             (no steering, prompting) run once, with ``alpha`` and ``layer`` ``None``. The
             unsteered model is always run too (row ``"none"``): it is the "unchanged" reference.
-        alphas, layers: the grid.
+        alphas: the strengths of the grid.
+        layers: the steering layers of the grid.
         out_dir: where the cache, fitted steerers and manifest live (see the module docstring).
-        max_new_tokens, batch_size: generation settings (greedy unless ``generate_kwargs``
-            say otherwise; sampled batches are seeded from the configuration and the batch).
+        max_new_tokens: tokens generated per item (greedy unless ``generate_kwargs`` say
+            otherwise; sampled batches are seeded from the configuration and the batch).
+        batch_size: rows per generation batch.
         positions: where vectors are added (default: each steerer's own, ``"all"``).
         judge: scores ``MetricConfig.unsafe_behaviors`` items for p(unsafe) (e.g. a
             :class:`~steerlib.eval.judges.ClassifierJudge`); scores are cached.
@@ -753,7 +756,7 @@ class _Runner:
             g = self._generate_chunk(spec, steerer, chunk)
             recs = []
             for i, it in enumerate(chunk):
-                ids = _strip_trailing(g.new_tokens[i].tolist(), self.pad_id)
+                ids = strip_trailing_pad(g.new_tokens[i].tolist(), self.pad_id)
                 recs.append({"method": spec.method, "config": spec.config, "id": it.id, "layer": spec.layer,
                              "alpha": spec.alpha, "behavior": it.behavior, "label": _label(it), "prompt": it.prompt,
                              "text": g.texts[i], "token_ids": ids})
@@ -1071,15 +1074,6 @@ def _plain_vectors(s: Steerer) -> bool:
     """True when ``s`` steers with ``vectors()`` through the base ``intervention``/``generate_batch``."""
     base = Steerer
     return (type(s).intervention is base.intervention and type(s).generate_batch is base.generate_batch)
-
-
-def _strip_trailing(ids: list[int], pad: int | None) -> list[int]:
-    if pad is None:
-        return ids
-    end = len(ids)
-    while end and ids[end - 1] == pad:
-        end -= 1
-    return ids[:end]
 
 
 def _stable_int(s: str) -> int:

@@ -374,7 +374,8 @@ def _ids(x: Any) -> list[int]:
     return [int(v) for v in x]
 
 
-def _strip_pad(ids: list[int], pad: int | None) -> list[int]:
+def strip_trailing_pad(ids: list[int], pad: int | None) -> list[int]:
+    """``ids`` without the trailing pad tokens (rows that finished early are padded)."""
     if pad is None:
         return ids
     end = len(ids)
@@ -393,8 +394,8 @@ def is_unchanged(steered: Sequence[int], reference: Sequence[int], n_tokens: int
     """
     if n_tokens < 1:
         raise DataError(f"n_tokens must be at least 1, got {n_tokens}.")
-    a = _strip_pad(_ids(steered), pad_token_id)[:n_tokens]
-    b = _strip_pad(_ids(reference), pad_token_id)[:n_tokens]
+    a = strip_trailing_pad(_ids(steered), pad_token_id)[:n_tokens]
+    b = strip_trailing_pad(_ids(reference), pad_token_id)[:n_tokens]
     return a == b
 
 

@@ -81,13 +81,23 @@ class L2S(P2SBased):
         input_position: ``"last_prompt"`` (the last prompt token, generation prompt included; the
             paper's POPE setting) or ``"last_prompt_no_gen"`` (before the generation prompt; the
             paper's safety setting).
-        hidden: K, g's width. init: ``"svd"``, ``"dict"`` or ``"random"``.
-        epochs, lr, train_batch_size: Adam training. l1_weight, cos_weight: loss weights;
-            cos_warmup_epochs ramps cos_weight up linearly (the paper's POPE schedule).
-        val_cos_weight: cosine weight of the validation loss. class_balance: average the loss per
-            behaviour label, then over labels. val_fraction / keep_best: validation split and
-            best-checkpoint selection. scheduler: ``"none"`` or ``"cosine"`` (with warmup_epochs).
-        Other arguments as for every P2S-based steerer (reduction, batch_size for extraction, ...).
+        hidden: K, g's width.
+        init: decoder initialisation, ``"svd"``, ``"dict"`` or ``"random"``.
+        epochs: Adam epochs.
+        lr: Adam learning rate.
+        train_batch_size: Adam batch size.
+        l1_weight: weight of the L1 term of the loss.
+        cos_weight: weight of the cosine term of the loss.
+        cos_warmup_epochs: ramp ``cos_weight`` up linearly over this many epochs (the paper's POPE schedule).
+        val_cos_weight: cosine weight of the validation loss.
+        class_balance: average the loss per behaviour label, then over labels.
+        val_fraction: share of the items held out for validation.
+        keep_best: keep the checkpoint with the best validation loss.
+        scheduler: ``"none"`` or ``"cosine"``.
+        warmup_epochs: linear warm-up of the cosine schedule.
+
+    The other arguments (``alpha``, ``positions``, ``reduction``, ``batch_size`` for extraction,
+    ...) are those of every P2S-based steerer.
 
     With ``input_layer <= layer`` g runs inside the same generate pass; otherwise one extra
     prefill reads ``h_{L'}`` first.
