@@ -31,8 +31,8 @@ from .eval.metrics import is_deferral, is_refusal, perplexity, wilson_interval
 from .persistence import write_text_atomic
 from .steerers import L2S, P2S, MeanSteer, NoSteer, Steerer, extract_p2s_layers
 
-SPLIT_SIZES = {"train": {"harmful": 90, "advice": 36, "benign": 66},
-               "val": {"harmful": 20, "advice": 10, "benign": 20},
+SPLIT_SIZES = {"train": {"harmful": 70, "advice": 30, "benign": 74},
+               "val": {"harmful": 16, "advice": 8, "benign": 16},
                "test": {"harmful": 50, "advice": 20, "benign": 40}}
 UNCHANGED_TOKENS = 32
 
