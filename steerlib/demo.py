@@ -267,6 +267,13 @@ def _g_quality(model: SteerableModel, steerers: dict[tuple[str, int], Steerer], 
                 ref = f.z[[i for i, it in enumerate(items) if it.behavior == "harmful"]].norm(dim=-1).mean()
                 rec[beh] = {"pred_norm_over_harmful_norm": float(pred[idx].norm(dim=-1).mean() / ref)}
         out[f"L{layer}"] = rec
+        try:
+            from .plots import plot_vectors
+        except ImportError:  # matplotlib missing
+            continue
+        plot_vectors(torch.cat([f.z, pred]), [f"P2S {it.behavior}" for it in items] +
+                     [f"L2S {it.behavior}" for it in items], path.parent / f"p2s_pca_L{layer}.png",
+                     title=f"P2S targets and L2S predictions, validation split, layer {layer}")
     write_text_atomic(path, json.dumps(out, indent=2))
     return out
 
