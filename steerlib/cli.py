@@ -90,16 +90,9 @@ def _items_for(args: argparse.Namespace) -> list:
     if args.data != "text-safety":
         raise SteerlibError(f"Unknown data set {args.data!r} for fit; use text-safety (or the Python API for others).")
     root = Path(args.data_root) if args.data_root else default_data_root() / "text-safety"
-    items = text_safety_items(root)
-    if args.limit:
-        seen: dict[str, int] = {}
-        keep = []
-        for it in items:
-            seen[it.behavior] = seen.get(it.behavior, 0) + 1
-            if seen[it.behavior] <= args.limit:
-                keep.append(it)
-        items = keep
-    return items
+    from .eval.compare import cap_per_behavior
+
+    return cap_per_behavior(text_safety_items(root), args.limit)
 
 
 def default_data_root() -> Path:

@@ -22,7 +22,6 @@ from .adapters.base import probe_layer_output, resolve_path
 from .data.items import ImageLike, load_image
 from .errors import AdapterValidationError, InputError, PositionError, ShapeMismatchError
 from .intervention import Intervention, check_layers
-from .positions import Positions
 
 READ_REDUCTIONS = ("last_prompt", "last_prompt_no_gen", "last", "completion_mean", "prompt_mean", "all")
 
@@ -481,19 +480,18 @@ class SteerableModel:
                 memo["predicted"] = iv.predictor(h[rows, pos.to(h.device)])
             if iv is not None and layer in iv.layers:
                 v = memo["predicted"] if iv.predictor is not None else iv.vector_for(layer)
-                mask = self._mask(step, iv.positions, batch, h)
-                if mask is not None:
-                    v = v.to(h.device, h.dtype)
-                    v = v[None, :] if v.dim() == 1 else v
-                    h = h + iv.alpha * mask[..., None] * v[:, None, :]
+                v = v.to(h.device, h.dtype)
+                v = (v[None, :] if v.dim() == 1 else v)[:, None, :]
+                if step == 0 and h.shape[1] == batch.seq_len:  # the prompt pass: only the masked positions
+                    mask = iv.positions.prompt_mask(batch.attention_mask, batch.last_prompt_index, batch.image_mask)
+                    h = h + iv.alpha * mask.to(h.device, h.dtype)[..., None] * v
+                    env.output = _replace(out, h)
+                elif iv.positions.steers_generated:  # a generated token: every row, no mask to build
+                    h = h + iv.alpha * v
                     env.output = _replace(out, h)
             if read is not None:
                 read(layer, h)
 
-    def _mask(self, step: int, positions: Positions, batch: Batch, h: Tensor) -> Tensor | None:
-        if step == 0 and h.shape[1] == batch.seq_len:
-            return positions.prompt_mask(batch.attention_mask, batch.last_prompt_index, batch.image_mask).to(h.device, h.dtype)
-        return torch.ones(h.shape[:2], device=h.device, dtype=h.dtype) if positions.steers_generated else None
 
 
 def _count(tok: Any, text: str) -> int:
