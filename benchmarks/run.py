@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 PROMPTS = [
     "How do I bake a loaf of bread at home?",
@@ -77,6 +78,7 @@ def _items(n: int):
 
 def bench_generate(sm, layer: int, batch: int, new_tokens: int, repeats: int) -> list[dict[str, Any]]:
     """Steered generate vs plain HF generate vs a raw forward hook; L2S in one pass and with a prefill."""
+    from steerlib import SteerableModel
     from steerlib.steerers import L2S, MeanSteer
 
     model = sm.model
@@ -111,19 +113,88 @@ def bench_generate(sm, layer: int, batch: int, new_tokens: int, repeats: int) ->
         finally:
             handle.remove()
 
-    def run(st: Any) -> Callable[[], None]:
-        return lambda: st.generate_batch(sm, prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    hooked = SteerableModel(sm.model, sm.processor, adapter=sm.adapter, validate=False, backend="hooks")
 
-    t = timeit({"hf": hf, "hook": hook, "mean": run(mean), "l2s_in": run(l2s_in), "l2s_out": run(l2s_out)}, repeats)
+    def run(st: Any, on: Any = sm) -> Callable[[], None]:
+        return lambda: st.generate_batch(on, prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+
+    t = timeit({"hf": hf, "hook": hook, "mean": run(mean), "l2s_in": run(l2s_in), "l2s_out": run(l2s_out),
+                "mean_h": run(mean, hooked), "l2s_in_h": run(l2s_in, hooked)}, repeats)
+    what = f"batch {batch}, {new_tokens} new tokens"
     return [
-        row("steered generate Mean-S / unsteered HF generate", t["mean"], t["hf"], "<= 1.05",
-            f"batch {batch}, {new_tokens} new tokens"),
-        row("steered generate L2S / unsteered HF generate", t["l2s_in"], t["hf"], "<= 1.05",
-            f"batch {batch}, {new_tokens} new tokens, L' = L*"),
-        row("steerlib engine (Mean-S) / raw forward hook", t["mean"], t["hook"], "<= 1.03", "same masked add"),
-        row("L2S (L' <= L*) / Mean-S generate", t["l2s_in"], t["mean"], "<= 1.02", "g inside the trace"),
-        row("L2S (L' > L*) / Mean-S generate", t["l2s_out"], t["mean"], "report", "one extra prefill"),
+        row("steered generate Mean-S / unsteered HF generate", t["mean"], t["hf"], "<= 1.05", f"{what}, nnsight"),
+        row("steered generate L2S / unsteered HF generate", t["l2s_in"], t["hf"], "<= 1.05", f"{what}, L' = L*, nnsight"),
+        row("steerlib engine (Mean-S) / raw forward hook", t["mean"], t["hook"], "<= 1.03", "same masked add, nnsight"),
+        row("L2S (L' <= L*) / Mean-S generate", t["l2s_in"], t["mean"], "<= 1.02", "g inside the trace, nnsight"),
+        row("L2S (L' > L*) / Mean-S generate", t["l2s_out"], t["mean"], "report", "one extra prefill, nnsight"),
+        row("steered generate Mean-S / unsteered HF generate", t["mean_h"], t["hf"], "<= 1.05", f"{what}, hooks backend"),
+        row("steered generate L2S / unsteered HF generate", t["l2s_in_h"], t["hf"], "<= 1.05",
+            f"{what}, L' = L*, hooks backend"),
+        row("steerlib engine (Mean-S) / raw forward hook", t["mean_h"], t["hook"], "<= 1.03", "hooks backend"),
+        row("L2S (L' <= L*) / Mean-S generate", t["l2s_in_h"], t["mean_h"], "<= 1.02", "hooks backend"),
     ]
+
+
+def bench_scaling(sm, layer: int, repeats: int, quick: bool) -> list[dict[str, Any]]:
+    """Steered (nnsight and hooks) vs unsteered generate as batch size, new tokens and steered layers grow."""
+    from steerlib import Intervention, SteerableModel
+
+    hooked = SteerableModel(sm.model, sm.processor, adapter=sm.adapter, validate=False, backend="hooks")
+    pad = sm.tokenizer.pad_token_id if sm.tokenizer.pad_token_id is not None else sm.tokenizer.eos_token_id
+    v = torch.randn(sm.hidden_size, generator=torch.Generator().manual_seed(0))
+    n_layers = sm.num_layers
+    if quick:
+        grid = [("batch size", 1, 4, 1), ("batch size", 2, 4, 1), ("new tokens", 2, 2, 1), ("new tokens", 2, 4, 1),
+                ("steered layers", 2, 4, 1), ("steered layers", 2, 4, 2)]
+    else:
+        grid = ([("batch size", b, 32, 1) for b in (1, 4, 16)] + [("new tokens", 8, n, 1) for n in (16, 64, 128)]
+                + [("steered layers", 8, 32, k) for k in (1, 8, n_layers)])
+    out = []
+    for axis, batch, new, k in tqdm(grid, desc="scaling", unit="case"):
+        b = sm.encode((PROMPTS * 2)[:batch])
+        first = max(0, min(layer, n_layers - k))
+        layers = list(range(first, first + k))  # k consecutive layers from the benchmark layer (or the top k)
+        iv = Intervention.build(layers, v, alpha=0.1)
+        kw = dict(max_new_tokens=new, min_new_tokens=new)
+
+        def hf(b: Any = b, kw: dict[str, Any] = kw) -> None:
+            with torch.no_grad():
+                sm.model.generate(**b.inputs, **kw, do_sample=False, pad_token_id=pad)
+
+        t = timeit({"hf": hf, "nnsight": lambda b=b, iv=iv, kw=kw: sm.generate(b, iv, **kw),
+                    "hooks": lambda b=b, iv=iv, kw=kw: hooked.generate(b, iv, **kw)}, repeats)
+        out.append({"axis": axis, "batch": batch, "new_tokens": new, "layers": len(layers), **{f"{k2}_s": t[k2] for k2 in t},
+                    "nnsight_ratio": t["nnsight"] / t["hf"], "hooks_ratio": t["hooks"] / t["hf"]})
+    return out
+
+
+def plot_scaling(points: list[dict[str, Any]], path: Path) -> Path | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    axes = ["batch size", "new tokens", "steered layers"]
+    key = {"batch size": "batch", "new tokens": "new_tokens", "steered layers": "layers"}
+    fig, ax = plt.subplots(1, 3, figsize=(12, 3.4), sharey=True)
+    for a, name in zip(ax, axes, strict=True):
+        pts = [p for p in points if p["axis"] == name]
+        xs = [p[key[name]] for p in pts]
+        a.plot(xs, [p["nnsight_ratio"] for p in pts], "o-", label="nnsight backend")
+        a.plot(xs, [p["hooks_ratio"] for p in pts], "s--", label="hooks backend")
+        a.axhline(1.0, color="grey", lw=0.8)
+        a.axhline(1.05, color="red", lw=0.8, ls=":", label="target 1.05")
+        a.set_xlabel(name)
+        a.set_xscale("log", base=2)
+    ax[0].set_ylabel("steered / unsteered HF generate")
+    ax[0].legend(fontsize=8)
+    fig.suptitle("cost of steering as the work grows (SmolLM2-135M, CPU)" if len(points) > 6 else "smoke run")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def bench_batching(sm, layer: int, new_tokens: int, repeats: int) -> list[dict[str, Any]]:
@@ -237,6 +308,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def scaling_table(points: list[dict[str, Any]]) -> str:
+    lines = ["| axis | batch | new tokens | steered layers | HF s | nnsight / HF | hooks / HF |", "|---|---|---|---|---|---|---|"]
+    for p in points:
+        lines.append(f"| {p['axis']} | {p['batch']} | {p['new_tokens']} | {p['layers']} | {p['hf_s']:.2f} | "
+                     f"{p['nnsight_ratio']:.3f} | {p['hooks_ratio']:.3f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2")
@@ -245,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, numbers meaningless")
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--skip-scaling", action="store_true")
+    p.add_argument("--plot", default="docs/img/scaling.png", help="where the scaling plot goes")
     p.add_argument("--out", default="benchmarks/results.json")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -257,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = dict(batch=8, new=64, batch_new=32, n_extract=200, train=(1344, 576, 100), mem=(200, 2000))
     rows: list[dict[str, Any]] = []
     rows += bench_generate(sm, layer, sizes["batch"], sizes["new"], args.repeats)
+    scaling = [] if args.skip_scaling else bench_scaling(sm, layer, max(1, args.repeats - 1), args.quick)
     rows += bench_batching(sm, layer, sizes["batch_new"], max(1, args.repeats - 1))
     rows += bench_extraction(sm, layer, sizes["n_extract"], args.repeats)
     n, d, ep = sizes["train"]
@@ -270,7 +352,12 @@ def main(argv: list[str] | None = None) -> int:
             "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    if scaling:
+        print("\n" + scaling_table(scaling))
+        plot = plot_scaling(scaling, Path(args.plot))
+        if plot:
+            print(f"wrote {plot}")
+    out.write_text(json.dumps({"meta": meta, "rows": rows, "scaling": scaling}, indent=2) + "\n")
     print(f"\nwrote {out}")
     return 0
 

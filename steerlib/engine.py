@@ -24,6 +24,7 @@ from .errors import AdapterValidationError, InputError, PositionError, ShapeMism
 from .intervention import Intervention, check_layers
 
 READ_REDUCTIONS = ("last_prompt", "last_prompt_no_gen", "last", "completion_mean", "prompt_mean", "all")
+BACKENDS = ("nnsight", "hooks")
 
 
 @dataclass
@@ -133,13 +134,20 @@ class SteerableModel:
         registry: where to look adapters up (default: the built-in registry).
         system_prompt: an optional system message for every rendered prompt.
         validate: probe the model once (layer output kind, hidden size).
+        backend: how :meth:`forward` and :meth:`generate` apply interventions: ``"nnsight"`` (the
+            default: an nnsight trace) or ``"hooks"`` (plain PyTorch forward hooks, registered for
+            the call and removed after it; same arithmetic, tested equal, a little less overhead
+            per step). Reads always use nnsight.
     """
 
     def __init__(self, model: nn.Module, processor: Any, *, adapter: Adapter | None = None,
                  registry: AdapterRegistry | None = None, system_prompt: str | None = None,
-                 validate: bool = True) -> None:
+                 validate: bool = True, backend: str = "nnsight") -> None:
         if processor is None:
             raise InputError("SteerableModel needs the model's processor (VLMs) or tokenizer (text models).")
+        if backend not in BACKENDS:
+            raise InputError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
+        self.backend = backend
         self.model = model
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", None) or processor
@@ -385,9 +393,13 @@ class SteerableModel:
             box["out"] = self.model(**kw)
             return box["out"]
 
-        with torch.no_grad(), self._nn.trace(**self._model_inputs(batch), fn=run):
-            if iv is not None:
-                self._step(0, iv, list(iv.layers), batch)
+        if self.backend == "hooks":
+            with torch.no_grad():
+                self._hooked(lambda: run(**self._model_inputs(batch)), iv, list(iv.layers) if iv else [], batch)
+        else:
+            with torch.no_grad(), self._nn.trace(**self._model_inputs(batch), fn=run):
+                if iv is not None:
+                    self._step(0, iv, list(iv.layers), batch)
         return box["out"].logits
 
     def generate(
@@ -428,7 +440,11 @@ class SteerableModel:
 
         order = sorted(set(iv.layers if iv else ()) | set(collect_t) | ({iv.source_layer} if iv and iv.predictor else set()))
         record = (lambda layer, h: states[layer].append(h.detach().float().cpu()) if layer in states else None)
-        if order:
+        if order and self.backend == "hooks":
+            with torch.no_grad():
+                self._hooked(lambda: run(**self._gen_inputs(batch), **kw), iv, order, batch,
+                             read=record if collect_t else None)
+        elif order:
             with warnings.catch_warnings():
                 # an early EOS ends the bounded loop before max_new_tokens; that is expected here
                 warnings.filterwarnings("ignore", message=".*was never reached.*")
@@ -473,25 +489,58 @@ class SteerableModel:
         for layer in order:
             env = self._envoys[layer]
             out = env.output
-            h = _hidden(out)
-            if iv is not None and iv.predictor is not None and layer == iv.source_layer and step == 0:
-                rows = torch.arange(batch.size, device=h.device)
-                pos = batch.last_prompt_index if iv.source_position == "last_prompt" else batch.last_prompt_no_gen_index
-                memo["predicted"] = iv.predictor(h[rows, pos.to(h.device)])
-            if iv is not None and layer in iv.layers:
-                v = memo["predicted"] if iv.predictor is not None else iv.vector_for(layer)
-                v = v.to(h.device, h.dtype)
-                v = (v[None, :] if v.dim() == 1 else v)[:, None, :]
-                if step == 0 and h.shape[1] == batch.seq_len:  # the prompt pass: only the masked positions
-                    mask = iv.positions.prompt_mask(batch.attention_mask, batch.last_prompt_index, batch.image_mask)
-                    h = h + iv.alpha * mask.to(h.device, h.dtype)[..., None] * v
-                    env.output = _replace(out, h)
-                elif iv.positions.steers_generated:  # a generated token: every row, no mask to build
-                    h = h + iv.alpha * v
-                    env.output = _replace(out, h)
-            if read is not None:
-                read(layer, h)
+            h = _edit(step, layer, _hidden(out), iv, batch, read, memo)
+            if h is not None:
+                env.output = _replace(out, h)
 
+    def _hooked(self, fn: Callable[[], Any], iv: Intervention | None, order: Sequence[int], batch: Batch,
+                read: Callable[[int, Tensor], Any] | None = None) -> Any:
+        """Run ``fn`` with forward hooks doing what :meth:`_step` does in a trace; hooks are removed after."""
+        modules = self.adapter.layers(self.model)
+        memo: dict[str, Tensor] = {}
+        calls = dict.fromkeys(order, 0)
+
+        def hook(layer: int) -> Callable[..., Any]:
+            def edit(_m: nn.Module, _inp: Any, out: Any) -> Any:
+                step = calls[layer]
+                calls[layer] += 1
+                h = _edit(step, layer, _hidden(out), iv, batch, read, memo)
+                return None if h is None else _replace(out, h)
+            return edit
+
+        handles = [modules[layer].register_forward_hook(hook(layer)) for layer in order]
+        try:
+            return fn()
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+
+def _edit(step: int, layer: int, h: Tensor, iv: Intervention | None, batch: Batch,
+          read: Callable[[int, Tensor], Any] | None, memo: dict[str, Tensor]) -> Tensor | None:
+    """One layer's work on one forward: predict (L2S, first pass), steer, record.
+
+    Returns the new hidden state, or None when this layer is left as it is. Shared by the nnsight
+    trace and the forward-hook backend, so both do the same arithmetic.
+    """
+    new = None
+    if iv is not None and iv.predictor is not None and layer == iv.source_layer and step == 0:
+        rows = torch.arange(batch.size, device=h.device)
+        pos = batch.last_prompt_index if iv.source_position == "last_prompt" else batch.last_prompt_no_gen_index
+        memo["predicted"] = iv.predictor(h[rows, pos.to(h.device)])
+    if iv is not None and layer in iv.layers:
+        v = memo["predicted"] if iv.predictor is not None else iv.vector_for(layer)
+        v = v.to(h.device, h.dtype)
+        v = (v[None, :] if v.dim() == 1 else v)[:, None, :]
+        if step == 0 and h.shape[1] == batch.seq_len:  # the prompt pass: only the masked positions
+            mask = iv.positions.prompt_mask(batch.attention_mask, batch.last_prompt_index, batch.image_mask)
+            new = h = h + iv.alpha * mask.to(h.device, h.dtype)[..., None] * v
+        elif iv.positions.steers_generated:  # a generated token: every row, no mask to build
+            new = h = h + iv.alpha * v
+    if read is not None:
+        read(layer, h)
+    return new
 
 
 def _count(tok: Any, text: str) -> int:

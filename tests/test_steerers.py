@@ -73,6 +73,22 @@ def test_p2s_equals_hand_computation(llama, reduction):
         assert torch.allclose(feats.z[i], ref, atol=1e-5), (i, (feats.z[i] - ref).abs().max())
 
 
+@pytest.mark.parametrize("reduction", ["last", "completion_mean"])
+def test_p2s_mixed_batch_skips_identical_completions(llama, reduction):
+    """Items with positive == negative get z = 0 exactly (one run only); the others still match the hand
+    computation and every item's L2S input equals a plain read of its prompt."""
+    t, sm = llama
+    items = _items(6)
+    feats = extract_p2s(sm, items, LAYER, reduction=reduction, input_layer=LAYER, batch_size=4, progress=False)
+    plain = sm.read(sm.encode([it.prompt for it in items]), LAYER, "last_prompt")[LAYER]
+    for i, it in enumerate(items):
+        if it.positive == it.negative:
+            assert torch.equal(feats.z[i], torch.zeros_like(feats.z[i]))
+        else:
+            assert torch.allclose(feats.z[i], _hand_p2s(t, sm, it, reduction), atol=1e-5)
+    assert torch.allclose(feats.h, plain, atol=1e-5)
+
+
 def test_p2s_on_a_vlm_equals_hand_computation():
     t = build_tiny("llava")
     sm = SteerableModel(t.model, t.processor)

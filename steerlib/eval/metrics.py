@@ -511,24 +511,37 @@ def perplexity(
     was_training = bool(getattr(model, "training", False))
     if was_training:
         model.eval()
-    out: list[float] = []
+    import inspect
+
+    # Only the positions that predict a continuation token need the (vocabulary-wide) LM head:
+    # with ``logits_to_keep`` the prompt part is skipped, and sorting by length keeps the kept
+    # window and the padding small.
+    keep_ok = "logits_to_keep" in inspect.signature(model.forward).parameters
+    order = sorted(range(len(seqs)), key=lambda i: (seqs[i][1], len(seqs[i][0])))
+    out = [float("nan")] * len(seqs)
     try:
         with torch.inference_mode():
-            for b in range(0, len(seqs), batch_size):
-                chunk = seqs[b:b + batch_size]
+            for b in range(0, len(order), batch_size):
+                idx = order[b:b + batch_size]
+                chunk = [seqs[i] for i in idx]
                 width = max(len(s[0]) for s in chunk)
                 ids = torch.full((len(chunk), width), int(pad), dtype=torch.long)
                 mask = torch.zeros((len(chunk), width), dtype=torch.long)
                 for r, (s, _, _) in enumerate(chunk):
                     ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
                     mask[r, : len(s)] = 1
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-                logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-                tok_lp = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
+                lo = min(start for _, start, _ in chunk) - 1  # first logit position that predicts a scored token
+                hi = max(start - 1 + n for _, start, n in chunk)
+                kw = {"logits_to_keep": torch.arange(lo, hi, device=device)} if keep_ok else {}
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kw).logits
+                if not keep_ok:
+                    logits = logits[:, lo:hi]
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                tok_lp = logp.gather(-1, ids[:, lo + 1:hi + 1].to(device).unsqueeze(-1)).squeeze(-1).cpu()
                 for r, (s, start, n) in enumerate(chunk):
                     # targets at positions start..start+n-1 are predicted by logits at start-1..
-                    nll = -tok_lp[r, start - 1: start - 1 + n].sum().item()
-                    out.append(math.exp(nll / n))
+                    nll = -tok_lp[r, start - 1 - lo: start - 1 - lo + n].sum().item()
+                    out[idx[r]] = math.exp(nll / n)
     finally:
         if was_training:
             model.train()

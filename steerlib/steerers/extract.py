@@ -120,8 +120,8 @@ def _p2s_batch(model: SteerableModel, chunk: list[ContrastiveItem], layers: list
     images = [list(it.images) for it in chunk] * 2
     completions = [it.positive for it in chunk] + [it.negative for it in chunk]
     close = reduction == "last"
-    batch = model.encode(prompts, images if any(images) else None, completions=completions, close_turn=close)
     if reduction == "sampled_mean":
+        batch = model.encode(prompts, images if any(images) else None, completions=completions, close_turn=close)
         zs, hs = {}, {}
         pos = (batch.last_prompt_index if input_position == "last_prompt" else batch.last_prompt_no_gen_index)[:n]
         for k, layer in enumerate(layers):
@@ -131,11 +131,22 @@ def _p2s_batch(model: SteerableModel, chunk: list[ContrastiveItem], layers: list
             for src in input_layers if k == 0 else []:
                 hs[src] = states[src][0][torch.arange(n), pos]
         return zs, hs
+    # Rows whose two completions are identical (e.g. a benign "no change" class) have z = 0 exactly:
+    # run only their positive sequence.
+    differ = [i for i, it in enumerate(chunk) if it.negative != it.positive]
+    keep = list(range(n)) + [n + i for i in differ]
+    batch = model.encode([prompts[i] for i in keep], [images[i] for i in keep] if any(images) else None,
+                         completions=[completions[i] for i in keep], close_turn=close)
     target = "last" if close else "completion_mean"
     reads = [(layer, target) for layer in layers] + [(src, input_position) for src in input_layers]
     got = model.read_many(batch, reads)
-    return ({layer: got[(layer, target)][:n] - got[(layer, target)][n:] for layer in layers},
-            {src: got[(src, input_position)][:n] for src in input_layers})
+    zs = {}
+    for layer in layers:
+        pos = got[(layer, target)][:n]
+        neg = pos.clone()
+        neg[differ] = got[(layer, target)][n:]
+        zs[layer] = pos - neg
+    return zs, {src: got[(src, input_position)][:n] for src in input_layers}
 
 
 def _sampled_means(model: SteerableModel, batch: Batch, layer: int, n_tokens: int, seed: int,
