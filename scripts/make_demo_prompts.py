@@ -18,7 +18,7 @@ from pathlib import Path
 from steerlib.data.loaders.text_safety import text_safety_items
 
 MAX_CHARS = 500
-KEEP = {"harmful": 324, "advice": 89, "benign": 160}
+KEEP = {"harmful": 348, "advice": 89, "benign": 160}
 OUT = Path(__file__).resolve().parents[1] / "steerlib" / "resources" / "demo_prompts.jsonl"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -31,8 +32,8 @@ from .eval.metrics import is_deferral, is_refusal, is_unchanged, perplexity, wil
 from .persistence import write_text_atomic
 from .steerers import L2S, P2S, MeanSteer, NoSteer, Steerer, extract_p2s_layers
 
-SPLIT_SIZES = {"train": {"harmful": 240, "advice": 50, "benign": 96},
-               "val": {"harmful": 24, "advice": 8, "benign": 24},
+SPLIT_SIZES = {"train": {"harmful": 240, "advice": 50, "benign": 80},
+               "val": {"harmful": 40, "advice": 8, "benign": 40},
                "test": {"harmful": 60, "advice": 24, "benign": 40}}
 UNCHANGED_TOKENS = 32
 
@@ -185,14 +186,21 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
                                    **score(test, base_test, base_test, pad), "_out": base_test}]
     for m, label in (("mean", "Mean-S"), ("l2s", "L2S"), ("p2s", "P2S (oracle)")):
         layer, a = picked[m]
-        st = P2S(layer, progress=False).fit(model, []) if m == "p2s" else steerers[(m, layer)]
-        o = cache.get(model, st, test, a, n_tok, batch_size, f"test: {label}")
+        if m == "p2s":
+            o = _p2s_outputs(model, cache, P2S(layer, progress=False).fit(model, []), test, base_test, a, n_tok,
+                             batch_size)
+        else:
+            o = cache.get(model, steerers[(m, layer)], test, a, n_tok, batch_size, f"test: {label}")
         rows.append({"method": label, "layer": layer, "alpha": a, **score(test, o, base_test, pad), "_out": o})
-    for r in tqdm(rows, desc="fluency", leave=False):
-        ppl = perplexity(model.model, model.tokenizer, [it.prompt for it in test], r["_out"].texts,
-                         batch_size=batch_size, chat_template=True)
-        finite = [p for p in ppl if p == p and p != float("inf")]
-        r["perplexity_median"] = sorted(finite)[len(finite) // 2] if finite else float("nan")
+    # Fluency: perplexity of each output under the unsteered model. An output identical to another
+    # method's is scored once (most of L2S's and all of P2S's benign outputs equal the unsteered ones).
+    pairs = sorted({(i, r["_out"].texts[i]) for r in rows for i in range(len(test)) if r["_out"].texts[i].strip()})
+    scores = perplexity(model.model, model.tokenizer, [test[i].prompt for i, _ in pairs], [t for _, t in pairs],
+                        batch_size=batch_size, chat_template=True, progress=True) if pairs else []
+    ppl_of = dict(zip(pairs, scores, strict=True))
+    for r in rows:
+        finite = sorted(p for p in (ppl_of.get((i, t), math.nan) for i, t in enumerate(r["_out"].texts)) if math.isfinite(p))
+        r["perplexity_median"] = finite[len(finite) // 2] if finite else float("nan")
 
     quality = _g_quality(model, steerers, val_items, layers, input_layer, out_dir / "g_quality.json")
     table = markdown_table(rows)
@@ -256,8 +264,10 @@ def _fit_or_load(model: SteerableModel, train: list[ContrastiveItem], layers: Se
     fresh: dict[tuple[str, int], Steerer] = {}
     for layer in layers:
         fresh[("mean", layer)] = MeanSteer(layer, behaviors=["harmful", "advice"], progress=False)
+        # class balance and a strong L1 term drive g's output on benign inputs (target 0) to ~0:
+        # the gate. Chosen by 5-fold cross-validation on train+val, never on the test split.
         fresh[("l2s", layer)] = L2S(layer, input_layer=input_layer, hidden=g_hidden, epochs=g_epochs, lr=1e-3,
-                                    progress=False)
+                                    class_balance=True, l1_weight=20.0, progress=False)
     out: dict[tuple[str, int], Steerer] = {}
     for (m, layer), st in fresh.items():
         p = folder / f"{m}-L{layer}"
@@ -276,6 +286,18 @@ def _fit_or_load(model: SteerableModel, train: list[ContrastiveItem], layers: Se
                 st.save_pretrained(folder / f"{m}-L{layer}", overwrite=True)
                 out[(m, layer)] = st
     return out
+
+
+def _p2s_outputs(model: SteerableModel, cache: GenerationCache, p2s: Steerer, items: list[ContrastiveItem],
+                 base: Outputs, alpha: float, n_tok: int, batch_size: int) -> Outputs:
+    """P2S outputs; items whose two completions are equal (benign: z = 0 exactly, and adding a zero
+    vector changes no logit) are the unsteered outputs, so only the others are generated."""
+    steer = [i for i, it in enumerate(items) if it.positive != it.negative]
+    part = cache.get(model, p2s, [items[i] for i in steer], alpha, n_tok, batch_size, "test: P2S (oracle)")
+    texts, tokens = list(base.texts), list(base.tokens)
+    for k, i in enumerate(steer):
+        texts[i], tokens[i] = part.texts[k], part.tokens[k]
+    return Outputs(texts, tokens)
 
 
 def _g_quality(model: SteerableModel, steerers: dict[tuple[str, int], Steerer], items: list[ContrastiveItem],

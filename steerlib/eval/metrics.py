@@ -476,6 +476,7 @@ def perplexity(
     *,
     batch_size: int = 8,
     chat_template: bool = False,
+    progress: bool = False,
 ) -> list[float]:
     """Perplexity of each continuation ``texts[i]`` given ``prompts[i]`` under a causal LM.
 
@@ -513,6 +514,8 @@ def perplexity(
         model.eval()
     import inspect
 
+    from tqdm.auto import tqdm
+
     # Only the positions that predict a continuation token need the (vocabulary-wide) LM head:
     # with ``logits_to_keep`` the prompt part is skipped, and sorting by length keeps the kept
     # window and the padding small.
@@ -521,7 +524,8 @@ def perplexity(
     out = [float("nan")] * len(seqs)
     try:
         with torch.inference_mode():
-            for b in range(0, len(order), batch_size):
+            for b in tqdm(range(0, len(order), batch_size), desc="perplexity", unit="batch", disable=not progress,
+                          leave=False):
                 idx = order[b:b + batch_size]
                 chunk = [seqs[i] for i in idx]
                 width = max(len(s[0]) for s in chunk)
