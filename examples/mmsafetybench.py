@@ -43,7 +43,7 @@ from steerlib.eval import (
     MetricConfig,
     write_report,
 )
-from steerlib.eval.compare import compare
+from steerlib.eval.compare import compare, example_parser, print_report
 from steerlib.eval.judges import SAFETY_JUDGE_TEMPLATE
 from steerlib.loading import load_steerable
 from steerlib.steerers import (
@@ -60,9 +60,7 @@ GOV = MMSB_SCENARIOS[12]  # "13-Gov_Decision": outside the paper's scores
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = example_parser(__doc__)
     p.add_argument("--tiny", action="store_true", help="smoke run: tiny LLaVA on a generated MM-SafetyBench folder")
     p.add_argument("--model", default=None, help="local Hugging Face folder of a VLM (e.g. llava-1.5-7b-hf)")
     p.add_argument("--mmsb-root", default=None, help="MM-SafetyBench data folder (processed_questions/, imgs/)")
@@ -193,8 +191,7 @@ def main(argv: Sequence[str] | None = None) -> CompareResult:
         paths = write_report(result, plots=not args.no_plots)
     finally:
         torch.set_num_threads(threads)
-    print(result.markdown())
-    print(f"{result.n_generated} generated, {result.n_reused} reused; wrote " + ", ".join(str(p) for p in paths.all()))
+    print_report(result, paths)
     return result
 
 

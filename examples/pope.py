@@ -29,7 +29,7 @@ import torch
 
 from steerlib.data import PROMPT_BASELINE_POPE, build_pope_from_yolo, load_pope
 from steerlib.eval import CompareResult, write_report
-from steerlib.eval.compare import cap_per_behavior, compare, split_by_group
+from steerlib.eval.compare import cap_per_behavior, compare, example_parser, print_report, split_by_group
 from steerlib.loading import load_steerable
 from steerlib.steerers import L2S, P2S, MeanSteer, NoSteer, PromptSteer, Steerer
 
@@ -41,9 +41,7 @@ def default_coco128() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = example_parser(__doc__)
     p.add_argument("--tiny", action="store_true", help="smoke run: tiny random LLaVA, a few questions, 4 tokens")
     p.add_argument("--model", default=None, help="local Hugging Face folder of a VLM (e.g. llava-1.5-7b-hf)")
     p.add_argument("--device", default=None, help="cuda, cpu (default: cuda when available)")
@@ -134,8 +132,7 @@ def main(argv: Sequence[str] | None = None) -> CompareResult:
                                               "pope_f1_paper"], plots=not args.no_plots)
     finally:
         torch.set_num_threads(threads)
-    print(result.markdown(["pope_acc", "pope_f1", "pope_yes_ratio", "pope_acc_paper", "pope_f1_paper"]))
-    print(f"{result.n_generated} generated, {result.n_reused} reused; wrote " + ", ".join(str(p) for p in paths.all()))
+    print_report(result, paths, ["pope_acc", "pope_f1", "pope_yes_ratio", "pope_acc_paper", "pope_f1_paper"])
     return result
 
 

@@ -28,7 +28,7 @@ import torch
 from steerlib import SteerableModel
 from steerlib.data import split_items, text_safety_items
 from steerlib.eval import CompareResult, MetricConfig, write_report
-from steerlib.eval.compare import cap_per_behavior, compare
+from steerlib.eval.compare import cap_per_behavior, compare, example_parser, print_report
 from steerlib.steerers import L2S, P2S, MeanSteer, NoSteer, Steerer
 
 
@@ -40,9 +40,7 @@ def default_data_root() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = example_parser(__doc__)
     p.add_argument("--tiny", action="store_true", help="smoke run: tiny random llama, a few items, 4 tokens")
     p.add_argument("--out", default=None, help="output folder (default runs/text-safety[-tiny])")
     p.add_argument("--data-root", default=None, help="text-safety data folder (default ../shared/data/text-safety)")
@@ -118,8 +116,7 @@ def main(argv: Sequence[str] | None = None) -> CompareResult:
         paths = write_report(result, plots=not args.no_plots)
     finally:
         torch.set_num_threads(threads)
-    print(result.markdown())
-    print(f"{result.n_generated} generated, {result.n_reused} reused; wrote " + ", ".join(str(p) for p in paths.all()))
+    print_report(result, paths)
     return result
 
 

@@ -1322,11 +1322,23 @@ def run_from_args(args: argparse.Namespace) -> int:
                          resume=not args.no_resume, progress=not args.no_progress)
     finally:
         torch.set_num_threads(threads)
-    paths = write_report(result, plots=not args.no_plots)
-    print(result.markdown())
+    print_report(result, write_report(result, plots=not args.no_plots))
+    return 0
+
+
+def print_report(result: CompareResult, paths: Any, columns: Sequence[str] | None = None) -> None:
+    """Print a comparison's table (``columns``: a subset of the metrics), what was generated or
+    reused, and the files its report wrote."""
+    print(result.markdown(columns))
     print(f"{result.n_generated} generated, {result.n_reused} reused from the cache")
     for p in paths.all():
         print(f"wrote {p}")
     sys.stdout.flush()
-    return 0
+
+
+def example_parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser for an example script: its docstring's first paragraph is the description,
+    the rest the epilog, kept as written."""
+    head, _, rest = doc.partition("\n\n")
+    return argparse.ArgumentParser(description=head, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
 
