@@ -22,9 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from .batching import length_batches
 from .data.items import ContrastiveItem
 from .data.templates import TEXT_SAFETY_TEMPLATES
 from .engine import SteerableModel
@@ -86,13 +84,9 @@ class GenerationCache:
         if path.is_file():
             data = json.loads(path.read_text())
             return Outputs(data["texts"], data["tokens"])
-        texts: list[str] = [""] * len(items)
-        tokens: list[list[int]] = [[] for _ in items]
-        lengths = model.prompt_lengths([it.prompt for it in items])
-        for idx in tqdm(length_batches(lengths, self.batch_size, self.batch_tokens), desc=desc, unit="batch", leave=False):
-            g = steerer.generate_batch(model, [items[i] for i in idx], alpha=alpha, max_new_tokens=max_new_tokens)
-            for i, text, row in zip(idx, g.texts, g.new_tokens, strict=True):
-                texts[i], tokens[i] = text, row.tolist()
+        texts, tokens = steerer.generate_tokens(model, items, alpha=alpha, max_new_tokens=max_new_tokens,
+                                                batch_size=self.batch_size, max_batch_tokens=self.batch_tokens,
+                                                desc=desc)
         write_text_atomic(path, json.dumps({"key": json.loads(key), "texts": texts, "tokens": tokens}))
         return Outputs(texts, tokens)
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any, Literal
 
+from ..batching import length_batches
 from ..errors import DataError
 
 YesNo = Literal["yes", "no"]
@@ -529,8 +530,6 @@ def perplexity(
     # window and the padding small.
     params = inspect.signature(model.forward).parameters
     keep_ok = "logits_to_keep" in params
-    from ..batching import length_batches
-
     batches = length_batches([len(s[0]) for s in seqs], batch_size, max_batch_tokens)
     out = [float("nan")] * len(seqs)
     # the shared prefix stops before the first position whose logit is scored

@@ -146,17 +146,27 @@ class Steerer:
         ``batch_size`` rows per batch and, with ``max_batch_tokens``, at most that many padded
         prompt tokens, so short prompts share large batches.
         """
+        return self.generate_tokens(model, inputs, alpha=alpha, positions=positions, max_new_tokens=max_new_tokens,
+                                    batch_size=batch_size, max_batch_tokens=max_batch_tokens, progress=progress,
+                                    **generate_kwargs)[0]
+
+    def generate_tokens(self, model: SteerableModel, inputs: Inputs | ContrastiveItem | str, *,
+                        alpha: float | None = None, positions: str | None = None, max_new_tokens: int = 48,
+                        batch_size: int = 8, max_batch_tokens: int | None = None, progress: bool = True,
+                        desc: str | None = None, **generate_kwargs: Any) -> tuple[list[str], list[list[int]]]:
+        """:meth:`generate`, also returning each row's new token ids (in input order)."""
         items = as_items(inputs)
         lengths = model.prompt_lengths([it.prompt for it in items], [len(it.images) for it in items])
         texts = [""] * len(items)
+        tokens: list[list[int]] = [[] for _ in items]
         batches = length_batches(lengths, batch_size, max_batch_tokens)
-        for idx in tqdm(batches, desc=f"generate {self.method}", unit="batch", disable=not progress or len(batches) < 2,
-                        leave=False):
+        for idx in tqdm(batches, desc=desc or f"generate {self.method}", unit="batch",
+                        disable=not progress or len(batches) < 2, leave=False):
             g = self.generate_batch(model, [items[i] for i in idx], alpha=alpha, positions=positions,
                                     max_new_tokens=max_new_tokens, **generate_kwargs)
-            for i, text in zip(idx, g.texts, strict=True):
-                texts[i] = text
-        return texts
+            for i, text, row in zip(idx, g.texts, g.new_tokens, strict=True):
+                texts[i], tokens[i] = text, row.tolist()
+        return texts, tokens
 
     # ------------------------------------------------------------------ persistence -
     def state_tensors(self) -> dict[str, Tensor]:
