@@ -2,9 +2,11 @@
 
 One static vector (Mean-S) changes every answer; L2S steers only the inputs that need it.
 Harmful prompts should be refused, advice requests deferred to a professional, benign prompts
-left unchanged. Alpha and layer are chosen on a validation split and the table is measured on
-a separate test split. Fitted steerers and generations are cached in the output folder, so a
-rerun takes a fraction of the first run.
+left unchanged. L2S's gate (the dead zone that leaves an input exactly unsteered) is chosen by
+cross-validation on the training items; alpha and layer are chosen on a validation split; the chosen
+steerers are then refit on train + validation, and the table is measured on a separate test split.
+Fitted steerers and generations are cached in the output folder, so a rerun takes a fraction of
+the first run.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .engine import SteerableModel
 from .errors import DataError
 from .eval.metrics import is_deferral, is_refusal, is_unchanged, perplexity, wilson_interval
 from .persistence import write_text_atomic
-from .steerers import L2S, P2S, MeanSteer, NoSteer, Steerer, extract_p2s_layers
+from .steerers import L2S, P2S, MeanSteer, NoSteer, P2SFeatures, Steerer, extract_p2s_layers
 
 SPLIT_SIZES = {"train": {"harmful": 240, "advice": 50, "benign": 80},
                "val": {"harmful": 40, "advice": 8, "benign": 40},
@@ -77,9 +79,17 @@ class GenerationCache:
         self.batch_tokens = batch_tokens
 
     def get(self, model: SteerableModel, steerer: Steerer, items: list[ContrastiveItem], alpha: float,
-            max_new_tokens: int, desc: str) -> Outputs:
+            max_new_tokens: int, desc: str, *, rows: Sequence[int] | None = None, base: Outputs | None = None) -> Outputs:
+        """Generations for ``items``; with ``rows`` only those are generated and the others are taken from
+        ``base`` (the unsteered outputs: for rows whose steering vector is exactly zero they are the same)."""
+        if rows is not None and base is not None:
+            part = self.get(model, steerer, [items[i] for i in rows], alpha, max_new_tokens, desc)
+            texts, tokens = list(base.texts), list(base.tokens)
+            for k, i in enumerate(rows):
+                texts[i], tokens[i] = part.texts[k], part.tokens[k]
+            return Outputs(texts, tokens)
         key = json.dumps([steerer.method, steerer.layer, alpha, max_new_tokens, [it.id for it in items],
-                          steerer.get_params()], sort_keys=True, default=str)
+                          steerer.get_params(), getattr(steerer, "items_hash_", "")], sort_keys=True, default=str)
         path = self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
         if path.is_file():
             data = json.loads(path.read_text())
@@ -165,7 +175,8 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
     def lap(stage: str) -> None:  # seconds per stage, printed at the end
         stages[stage] = time.perf_counter() - t_start - sum(stages.values())
 
-    steerers = _fit_or_load(model, train, layers, out_dir / "steerers", g_hidden, g_epochs, input_layer)
+    memo: dict[tuple[str, int], P2SFeatures] = {}  # P2S features of this run, shared by fit, quality and refit
+    steerers = _fit_or_load(model, [train], layers, out_dir / "steerers", g_hidden, g_epochs, input_layer, memo)
     lap("fit")
     none = NoSteer().fit(model, [])
     n_tok = max(max_new_tokens, UNCHANGED_TOKENS)
@@ -174,8 +185,10 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
     val: dict[tuple[str, int, float], dict[str, Any]] = {}
 
     def run_val(m: str, layer: int) -> None:
+        st = steerers[(m, layer)]
+        steered = _steered_rows(model, st, val_items)
         for a in alphas:
-            o = cache.get(model, steerers[(m, layer)], val_items, a, n_tok, f"val: {m} L{layer} a={a}")
+            o = cache.get(model, st, val_items, a, n_tok, f"val: {m} L{layer} a={a}", rows=steered, base=base_val)
             val[(m, layer, a)] = score(val_items, o, base_val, pad)
 
     base_fr = float(score(val_items, base_val, base_val, pad)["benign_false_refusal"]["value"])
@@ -183,17 +196,24 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
         run_val("l2s", layer)
     run_val("mean", choose_l2s(val, layers, alphas, base_fr)[0])  # Mean-S is only compared at L2S's layer
     picked = choose(val, layers, alphas, base_fr)
+    quality = _g_quality(model, steerers, val_items, layers, input_layer, out_dir / "g_quality.json", memo)
     lap("validation")
+    # The chosen configurations, refit on train + validation (the usual last step of model selection).
+    final = _fit_or_load(model, [train, val_items], sorted({picked["l2s"][0], picked["mean"][0]}),
+                         out_dir / "steerers-final", g_hidden, g_epochs, input_layer, memo)
+    lap("refit")
 
     base_test = cache.get(model, none, test, 0.0, n_tok, "test: no steering")
     rows: list[dict[str, Any]] = [{"method": "no steering", "layer": None, "alpha": None,
                                    **score(test, base_test, base_test, pad), "_out": base_test}]
     for m, label in (("mean", "Mean-S"), ("l2s", "L2S"), ("p2s", "P2S (oracle)")):
         layer, a = picked[m]
-        if m == "p2s":
-            o = _p2s_outputs(model, cache, P2S(layer, progress=False).fit(model, []), test, base_test, a, n_tok)
-        else:
-            o = cache.get(model, steerers[(m, layer)], test, a, n_tok, f"test: {label}")
+        # P2S: items whose two completions are equal (benign) have z = 0 exactly, so their outputs are
+        # the unsteered ones; L2S: the same for the inputs its gate zeroes.
+        st = P2S(layer, progress=False).fit(model, []) if m == "p2s" else final[(m, layer)]
+        steered = ([i for i, it in enumerate(test) if it.positive != it.negative] if m == "p2s"
+                   else _steered_rows(model, st, test))
+        o = cache.get(model, st, test, a, n_tok, f"test: {label}", rows=steered, base=base_test)
         rows.append({"method": label, "layer": layer, "alpha": a, **score(test, o, base_test, pad), "_out": o})
     # Fluency: perplexity of each output under the unsteered model. An output identical to another
     # method's is scored once (most of L2S's and all of P2S's benign outputs equal the unsteered ones).
@@ -208,7 +228,9 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
         r["perplexity_median"] = finite[len(finite) // 2] if finite else float("nan")
 
     lap("perplexity")
-    quality = _g_quality(model, steerers, val_items, layers, input_layer, out_dir / "g_quality.json")
+    gates = {f"L{layer}": steerers[("l2s", layer)].gate_ for layer in layers}  # type: ignore[attr-defined]
+    final_l2s = final[("l2s", picked["l2s"][0])]
+    gates["refit"] = final_l2s.gate_  # type: ignore[attr-defined]
     table = markdown_table(rows)
     checks = targets(rows)
     print("\n" + table + "\n")
@@ -217,16 +239,19 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
     print()
     print(_side_by_side(test, rows, show))
     plots = _plots(val, layers, alphas, out_dir)
-    lap("g quality, plots")
+    lap("plots")
     elapsed = time.perf_counter() - t_start
     result = {"table": [{k: v for k, v in r.items() if k != "_out"} for r in rows],
               "selection": {k: list(v) for k, v in picked.items()},
               "validation": [{"method": m, "layer": layer, "alpha": a, **s} for (m, layer, a), s in val.items()],
               "splits": {k: len(v) for k, v in splits.items()}, "seconds": elapsed, "stage_seconds": stages, "plots": [str(p) for p in plots],
-              "g_quality_on_validation": quality, "targets": checks}
+              "g_quality_on_validation": quality, "l2s_gate": gates,
+              "l2s_gate_cv_refit": final_l2s.gate_cv_, "targets": checks}  # type: ignore[attr-defined]
     write_text_atomic(out_dir / "results.json", json.dumps(result, indent=2))
     write_text_atomic(out_dir / "results.md", table + "\n")
     print(f"L2S vs P2S on the validation split: {json.dumps(quality)}")
+    print(f"L2S gate (fraction of the mean target norm, {final_l2s.gate_folds}-fold cross-validation on the "  # type: ignore[attr-defined]
+          f"training items): {json.dumps(gates)}")
     print(f"chosen on validation: {json.dumps(result['selection'])}; wrote {out_dir}/results.md, results.json, "
           f"{', '.join(p.name for p in plots)}; {elapsed:.0f} s ("
           + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + ")")
@@ -262,21 +287,36 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _fit_or_load(model: SteerableModel, train: list[ContrastiveItem], layers: Sequence[int], folder: Path,
-                 g_hidden: int, g_epochs: int, input_layer: int) -> dict[tuple[str, int], Steerer]:
-    """Mean-S and L2S per layer from one shared P2S extraction; reuse saved steerers whose training
-    items and hyperparameters match."""
+def _features(model: SteerableModel, items: list[ContrastiveItem], layers: Sequence[int], input_layer: int,
+              memo: dict[tuple[str, int], P2SFeatures]) -> dict[int, P2SFeatures]:
+    """P2S features of ``items`` at ``layers`` (g's input at ``input_layer``), extracted once per run."""
     from .data.items import items_hash
 
+    key = items_hash(items)
+    todo = [layer for layer in layers if (key, layer) not in memo]
+    if todo:
+        got = extract_p2s_layers(model, items, todo, input_layers={layer: input_layer for layer in todo}, batch_size=16)
+        memo.update({(key, layer): f for layer, f in got.items()})
+    return {layer: memo[(key, layer)] for layer in layers}
+
+
+def _fit_or_load(model: SteerableModel, groups: Sequence[list[ContrastiveItem]], layers: Sequence[int], folder: Path,
+                 g_hidden: int, g_epochs: int, input_layer: int,
+                 memo: dict[tuple[str, int], P2SFeatures]) -> dict[tuple[str, int], Steerer]:
+    """Mean-S and L2S per layer, fit on the items of all ``groups`` from one shared P2S extraction per
+    group; saved steerers whose training items and hyperparameters match are reused."""
+    from .data.items import items_hash
+
+    train = [it for g in groups for it in g]
     wanted = items_hash(train)
     fresh: dict[tuple[str, int], Steerer] = {}
     for layer in layers:
         fresh[("mean", layer)] = MeanSteer(layer, behaviors=["harmful", "advice"], progress=False)
         # Class balance and a strong L1 term drive g's output on benign inputs (target 0) towards 0
-        # (chosen by 5-fold cross-validation on train+val, never on the test split); the gate at half
-        # the mean target norm then zeroes what is left, so those inputs run exactly unsteered.
+        # (chosen by 5-fold cross-validation on train+val, never on the test split); the gate, chosen by
+        # cross-validation on the training items, then zeroes what is left, so those inputs run exactly unsteered.
         fresh[("l2s", layer)] = L2S(layer, input_layer=input_layer, hidden=g_hidden, epochs=g_epochs, lr=1e-3,
-                                    class_balance=True, l1_weight=20.0, gate=0.5, progress=False)
+                                    class_balance=True, l1_weight=20.0, gate="cv", progress=False)
     out: dict[tuple[str, int], Steerer] = {}
     for (m, layer), st in fresh.items():
         p = folder / f"{m}-L{layer}"
@@ -286,39 +326,37 @@ def _fit_or_load(model: SteerableModel, train: list[ContrastiveItem], layers: Se
                 out[(m, layer)] = saved
     todo = sorted({layer for key in fresh if key not in out for layer in [key[1]]})
     if todo:
-        feats = extract_p2s_layers(model, train, todo, input_layers={layer: input_layer for layer in todo}, batch_size=16)
+        parts = [_features(model, g, todo, input_layer, memo) for g in groups]
         for layer in todo:
-            f = feats[layer]
+            z = torch.cat([f[layer].z for f in parts])
+            h = torch.cat([f[layer].h for f in parts])  # type: ignore[misc]
             for m in ("mean", "l2s"):
                 st = fresh[(m, layer)]
-                st.fit_from_p2s(model, train, f.z, f.h)  # type: ignore[attr-defined]
+                st.fit_from_p2s(model, train, z, h)  # type: ignore[attr-defined]
                 st.save_pretrained(folder / f"{m}-L{layer}", overwrite=True)
                 out[(m, layer)] = st
     return out
 
 
-def _p2s_outputs(model: SteerableModel, cache: GenerationCache, p2s: Steerer, items: list[ContrastiveItem],
-                 base: Outputs, alpha: float, n_tok: int) -> Outputs:
-    """P2S outputs; items whose two completions are equal (benign: z = 0 exactly, and adding a zero
-    vector changes no logit) are the unsteered outputs, so only the others are generated."""
-    steer = [i for i, it in enumerate(items) if it.positive != it.negative]
-    part = cache.get(model, p2s, [items[i] for i in steer], alpha, n_tok, "test: P2S (oracle)")
-    texts, tokens = list(base.texts), list(base.tokens)
-    for k, i in enumerate(steer):
-        texts[i], tokens[i] = part.texts[k], part.tokens[k]
-    return Outputs(texts, tokens)
+def _steered_rows(model: SteerableModel, steerer: Steerer, items: list[ContrastiveItem]) -> list[int]:
+    """Rows the steerer changes at all: for a gated L2S, those whose g(h) passes the gate (one prompt
+    pass up to g's input layer); every row otherwise."""
+    if isinstance(steerer, L2S) and getattr(steerer, "gate_norm_", 0.0) > 0:
+        v = steerer.vectors(model, items)
+        return [i for i in range(len(items)) if bool(v[i].any())]
+    return list(range(len(items)))
 
 
 def _g_quality(model: SteerableModel, steerers: dict[tuple[str, int], Steerer], items: list[ContrastiveItem],
-               layers: Sequence[int], input_layer: int, path: Path) -> dict[str, Any]:
+               layers: Sequence[int], input_layer: int, path: Path,
+               memo: dict[tuple[str, int], P2SFeatures]) -> dict[str, Any]:
     """How well g predicts P2S on held-out (validation) items: cosine per behaviour, norm ratio."""
     key = hashlib.sha256(json.dumps([[it.id for it in items], input_layer] + [
         [steerers[("l2s", layer)].get_params(), steerers[("l2s", layer)].items_hash_] for layer in layers],
         sort_keys=True, default=str).encode()).hexdigest()[:20]
     if path.is_file() and json.loads(path.read_text()).get("key") == key:
         return json.loads(path.read_text())
-    feats = extract_p2s_layers(model, items, list(layers), input_layers={layer: input_layer for layer in layers},
-                               batch_size=16, progress=False)
+    feats = _features(model, items, layers, input_layer, memo)
     out: dict[str, Any] = {"key": key}
     for layer in layers:
         f = feats[layer]

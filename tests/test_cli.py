@@ -48,5 +48,9 @@ def test_demo_smoke_on_a_tiny_model(tmp_path, capsys):
     assert [r["method"] for r in res["table"]] == ["no steering", "Mean-S", "L2S", "P2S (oracle)"]
     assert "| method |" in capsys.readouterr().out
     assert (tmp_path / "results.md").is_file() and res["plots"]
+    # the gate is cross-validated per fit; the chosen configuration is refit on train + validation
+    assert set(res["l2s_gate"]) == {"L2", "refit"} and res["l2s_gate_cv_refit"]  # tiny: layers 12,15 -> 2
+    assert any((tmp_path / "steerers-final").glob("l2s-L*/steerer.json"))
+    assert {"fit", "validation", "refit", "test"} <= set(res["stage_seconds"])
     # a rerun reuses the cached steerers and generations
     assert main(["demo", "--model", "tiny:llama", "--scale", "0.1", "--out", str(tmp_path)]) == 0

@@ -14,6 +14,7 @@ from reference import hook_generate, max_logit_diff
 from steerlib import ContrastiveItem, Intervention, SteerableModel
 from steerlib.errors import CompatibilityError, DataError, NotFittedError, PersistenceError
 from steerlib.steerers import (
+    GATE_GRID,
     L2S,
     METHODS,
     MeanSteer,
@@ -24,6 +25,7 @@ from steerlib.steerers import (
     PromptSteer,
     Steerer,
     extract_p2s,
+    stratified_folds,
 )
 from steerlib.testing import build_tiny, tiny_image
 
@@ -254,10 +256,84 @@ def test_l2s_gate_zeroes_short_predictions_and_leaves_those_rows_unsteered(llama
                        NoSteer(LAYER).fit(sm, []).generate_batch(sm, prompts, max_new_tokens=4).sequences)
 
 
-@pytest.mark.parametrize("gate", [-0.1, 1.0])
+@pytest.mark.parametrize("gate", [-0.1, 1.0, "auto"])
 def test_l2s_gate_out_of_range(gate):
     with pytest.raises(DataError, match="gate must be in"):
         L2S(0, gate=gate)
+
+
+def test_l2s_inputs_equal_hidden_states_of_each_prompt_alone(llama):
+    """L2S.inputs (length-bucketed, padded batches) equals output_hidden_states of each prompt run alone."""
+    t, sm = llama
+    items = _items(6)
+    items[3] = ContrastiveItem(prompt="A much longer question " * 6, positive="x", negative="y", behavior="harmful")
+    l2s = L2S(LAYER, input_layer=0, hidden=8, epochs=2, progress=False).fit(sm, items)
+    h = l2s.inputs(sm, items, batch_size=4)
+    for i, it in enumerate(items):
+        b = sm.encode([it.prompt])
+        with torch.no_grad():
+            ref = t.model(**b.inputs, output_hidden_states=True).hidden_states[1][0, -1]
+        assert torch.allclose(h[i], ref, atol=1e-5), i
+    assert torch.allclose(l2s.vectors(sm, items), l2s.predict(h), atol=1e-6)  # other batches: rounding only
+
+
+def test_stratified_folds_spread_every_label():
+    labels = torch.tensor([0] * 10 + [1] * 7 + [2] * 3)
+    fold = stratified_folds(labels, 3, seed=1)
+    assert fold.shape == labels.shape and set(fold.tolist()) == {0, 1, 2}
+    for c, n in ((0, 10), (1, 7), (2, 3)):
+        counts = torch.bincount(fold[labels == c], minlength=3)
+        assert counts.sum() == n and counts.max() - counts.min() <= 1
+    assert torch.equal(fold, stratified_folds(labels, 3, seed=1))
+
+
+def test_l2s_gate_cv_matches_a_hand_computation(tmp_path):
+    """gate='cv': per grid value, the held-out error rates equal those of g's trained by hand on each
+    fold's complement; the chosen gate has the lowest balanced error; all of it survives save/load."""
+    g = torch.Generator().manual_seed(5)
+    n, d = 60, 16
+    behaviors = ["benign"] * 30 + ["harmful"] * 30
+    h = torch.randn(n, d, generator=g)
+    h[30:] += 1.5  # the harmful inputs sit apart, noisily
+    z = torch.zeros(n, d)
+    z[30:] = torch.randn(d, generator=g) * 3 + torch.randn(30, d, generator=g) * 0.5
+    common = dict(hidden=8, epochs=20, lr=1e-2, class_balance=True, progress=False, seed=2)
+    l2s = L2S(LAYER, gate="cv", gate_folds=4, **common).fit_features(h, z, behaviors)
+
+    fold = stratified_folds(torch.tensor([b == "harmful" for b in behaviors]).long(), 4, seed=2)
+    zero = z.norm(dim=-1) == 0
+    steered = torch.zeros(len(GATE_GRID))
+    gated = torch.zeros(len(GATE_GRID))
+    for f in range(4):
+        held = fold == f
+        net = L2S(LAYER, **common).fit_features(h[~held], z[~held], [b for b, m in zip(behaviors, held) if not m])
+        norm = net.predict(h[held]).norm(dim=-1)
+        ref = z[~held].norm(dim=-1)[~zero[~held]].mean()
+        for j, gv in enumerate(GATE_GRID):
+            steered[j] += int(((norm >= gv * ref) & zero[held]).sum())
+            gated[j] += int(((norm < gv * ref) & ~zero[held]).sum())
+    for j, row in enumerate(l2s.gate_cv_):
+        assert row["gate"] == GATE_GRID[j]
+        assert row["zero_target_steered"] == pytest.approx(float(steered[j]) / 30)
+        assert row["nonzero_target_gated"] == pytest.approx(float(gated[j]) / 30)
+        assert row["balanced_error"] == pytest.approx((float(steered[j]) + float(gated[j])) / 60)
+    best = min(r["balanced_error"] for r in l2s.gate_cv_)
+    assert l2s.gate_ == min(r["gate"] for r in l2s.gate_cv_ if r["balanced_error"] == pytest.approx(best))
+    assert l2s.gate_norm_ == pytest.approx(l2s.gate_ * float(z[30:].norm(dim=-1).mean()))
+    assert len({r["balanced_error"] for r in l2s.gate_cv_}) > 1  # the grid is not flat on this data
+
+    l2s.save_pretrained(tmp_path / "cv")
+    back = Steerer.from_pretrained(tmp_path / "cv")
+    assert back.gate == "cv" and back.gate_ == l2s.gate_ and back.gate_cv_ == l2s.gate_cv_
+    assert torch.equal(back.predict(h), l2s.predict(h))
+
+
+def test_l2s_gate_cv_needs_both_kinds_of_target():
+    h = torch.randn(12, 8)
+    with pytest.raises(DataError, match="zero targets"):
+        L2S(LAYER, gate="cv", epochs=1, progress=False).fit_features(h, torch.randn(12, 8))
+    with pytest.raises(DataError, match="gate_folds"):
+        L2S(LAYER, gate="cv", gate_folds=1)
 
 
 def test_l2s_input_position_without_generation_prompt(llama):

@@ -3,7 +3,7 @@
 
 from .base import Steerer, as_items
 from .extract import P2SFeatures, equalize_norms, extract_p2s, extract_p2s_layers, extract_p2s_to_disk, load_p2s
-from .l2s import L2S, SteeringNet
+from .l2s import GATE_GRID, L2S, SteeringNet, stratified_folds
 from .p2s import P2S, NormRandom
 from .static import MeanSteer, MeanSteerBA, NoSteer, PromptSteer
 from .vectors import StaticVectors
@@ -20,6 +20,7 @@ METHODS: dict[str, type[Steerer]] = {
 }
 
 __all__ = [
+    "GATE_GRID",
     "L2S",
     "METHODS",
     "MeanSteer",
@@ -38,4 +39,5 @@ __all__ = [
     "extract_p2s_layers",
     "extract_p2s_to_disk",
     "load_p2s",
+    "stratified_folds",
 ]

@@ -19,6 +19,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..batching import length_batches
 from ..data.items import ContrastiveItem, check_items
 from ..engine import Batch, SteerableModel
 from ..errors import DataError, MissingDependencyError, ShapeMismatchError
@@ -27,6 +28,8 @@ from .base import Inputs, as_items
 from .p2s import P2SBased
 
 INITS = ("svd", "dict", "random")
+GATE_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+"""Gate values (fractions of the mean non-zero target norm) that ``gate="cv"`` chooses from."""
 
 
 class SteeringNet(nn.Module):
@@ -99,6 +102,11 @@ class L2S(P2SBased):
             ``gate`` x the mean norm of the non-zero training targets is set to zero, so those
             inputs run exactly unsteered. 0 (the default, as in the paper) turns it off; 0.5 is
             the midpoint between a zero target ("leave unchanged") and a typical steering target.
+            ``"cv"`` picks it from :data:`GATE_GRID` by ``gate_folds``-fold cross-validation on the
+            training items (folds stratified by behaviour): the value with the lowest balanced error
+            between zero-target items left steered and non-zero-target items gated off. The chosen
+            value is ``gate_`` and the per-value errors ``gate_cv_``; it needs items of both kinds.
+        gate_folds: folds of ``gate="cv"`` (each trains one more g).
 
     The other arguments (``alpha``, ``positions``, ``reduction``, ``batch_size`` for extraction,
     ...) are those of every P2S-based steerer.
@@ -117,7 +125,8 @@ class L2S(P2SBased):
                  init: str = "svd", epochs: int = 100, lr: float = 1e-4, train_batch_size: int = 64,
                  l1_weight: float = 1.0, cos_weight: float = 0.1, cos_warmup_epochs: int = 0,
                  val_cos_weight: float = 0.05, class_balance: bool = False, val_fraction: float = 0.1,
-                 keep_best: bool = True, scheduler: str = "none", warmup_epochs: int = 0, gate: float = 0.0) -> None:
+                 keep_best: bool = True, scheduler: str = "none", warmup_epochs: int = 0,
+                 gate: float | str = 0.0, gate_folds: int = 5) -> None:
         super().__init__(layer, alpha=alpha, positions=positions, reduction=reduction,
                          continuation_tokens=continuation_tokens, seed=seed, batch_size=batch_size,
                          equalize_norms_to=equalize_norms_to, progress=progress)
@@ -127,8 +136,10 @@ class L2S(P2SBased):
             raise DataError(f"init must be one of {INITS}, got {init!r}.")
         if scheduler not in ("none", "cosine"):
             raise DataError(f"scheduler must be 'none' or 'cosine', got {scheduler!r}.")
-        if not 0.0 <= gate < 1.0:
-            raise DataError(f"gate must be in [0, 1) (a fraction of the mean target norm), got {gate!r}.")
+        if gate != "cv" and not (isinstance(gate, (int, float)) and 0.0 <= gate < 1.0):
+            raise DataError(f"gate must be in [0, 1) (a fraction of the mean target norm) or 'cv', got {gate!r}.")
+        if not (isinstance(gate_folds, int) and gate_folds >= 2):
+            raise DataError(f"gate_folds must be an integer >= 2, got {gate_folds!r}.")
         self.input_layer = input_layer
         self.input_position = input_position
         self.hidden = hidden
@@ -146,6 +157,7 @@ class L2S(P2SBased):
         self.scheduler = scheduler
         self.warmup_epochs = warmup_epochs
         self.gate = gate
+        self.gate_folds = gate_folds
 
     @property
     def source_layer(self) -> int:
@@ -191,15 +203,34 @@ class L2S(P2SBased):
         if len(behaviors) != n:
             raise ShapeMismatchError(f"{len(behaviors)} behaviour labels for {n} training vectors; give one per vector.")
         self._check_classes(behaviors)
+        labels = sorted(set(behaviors))
+        y = torch.tensor([labels.index(b) for b in behaviors])
         start = time.perf_counter()
+        net, history = self._train_net(h, z, y, progress=self.progress)
+        self.net_ = net
+        self.history_ = history
+        self.train_seconds_ = time.perf_counter() - start
+        self.encoder_weight_ = net.encoder.weight.detach().clone()
+        self.encoder_bias_ = net.encoder.bias.detach().clone()
+        self.decoder_weight_ = net.decoder.weight.detach().clone()
+        if self.gate == "cv":
+            self.gate_cv_ = self._cross_validate_gate(h, z, y)
+            self.gate_ = min(self.gate_cv_, key=lambda r: (round(r["balanced_error"], 9), r["gate"]))["gate"]
+        else:
+            self.gate_cv_ = []
+            self.gate_ = float(self.gate)
+        norms = z.norm(dim=-1)
+        self.gate_norm_ = self.gate_ * float(norms[norms > 0].mean()) if bool((norms > 0).any()) else 0.0
+
+    def _train_net(self, h: Tensor, z: Tensor, y: Tensor, *, progress: bool) -> tuple[SteeringNet, list[dict[str, float]]]:
+        """Train one g on ``h -> z`` (``y``: behaviour index per row), seeded; returns it in eval mode."""
+        n, d = h.shape
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             perm = torch.randperm(n)
             n_val = int(round(self.val_fraction * n)) if self.val_fraction > 0 else 0
             n_val = min(n_val, n - 1)
             val_idx, tr_idx = perm[:n_val], perm[n_val:]
-            labels = sorted(set(behaviors))
-            y = torch.tensor([labels.index(b) for b in behaviors])
             net = SteeringNet(d, self.hidden)
             init_decoder(net, z[tr_idx], self.init, self.seed)
             opt = torch.optim.Adam(net.parameters(), lr=self.lr)
@@ -207,7 +238,7 @@ class L2S(P2SBased):
             sched = _scheduler(opt, self.scheduler, self.warmup_epochs * steps_per_epoch, self.epochs * steps_per_epoch)
             best = (math.inf, None)
             history: list[dict[str, float]] = []
-            for epoch in tqdm(range(self.epochs), desc="train g", unit="epoch", disable=not self.progress, leave=False):
+            for epoch in tqdm(range(self.epochs), desc="train g", unit="epoch", disable=not progress, leave=False):
                 w = self.cos_weight * (min(1.0, epoch / self.cos_warmup_epochs) if self.cos_warmup_epochs else 1.0)
                 order = tr_idx[torch.randperm(len(tr_idx))]
                 net.train()
@@ -236,15 +267,36 @@ class L2S(P2SBased):
                 history.append(rec)
             if self.keep_best and best[1] is not None:
                 net.load_state_dict(best[1])
-        net.eval()
-        self.net_ = net.requires_grad_(False)
-        self.history_ = history
-        self.train_seconds_ = time.perf_counter() - start
-        self.encoder_weight_ = net.encoder.weight.detach().clone()
-        self.encoder_bias_ = net.encoder.bias.detach().clone()
-        self.decoder_weight_ = net.decoder.weight.detach().clone()
-        norms = z.norm(dim=-1)
-        self.gate_norm_ = self.gate * float(norms[norms > 0].mean()) if bool((norms > 0).any()) else 0.0
+        return net.eval().requires_grad_(False), history
+
+    def _cross_validate_gate(self, h: Tensor, z: Tensor, y: Tensor) -> list[dict[str, float]]:
+        """Per value of :data:`GATE_GRID`: the share of held-out zero-target items g would still steer,
+        the share of non-zero-target items the gate would switch off, and their mean (balanced error)."""
+        zero = z.norm(dim=-1) == 0
+        if bool(zero.all()) or not bool(zero.any()):
+            raise DataError("gate='cv' needs training items with zero targets (e.g. a 'leave unchanged' class whose "
+                            "two completions are identical) and items with non-zero targets; pass a number instead.")
+        k = self.gate_folds
+        fold = stratified_folds(y, k, self.seed)
+        grid = torch.tensor(GATE_GRID)
+        steered_zero = torch.zeros(len(grid))
+        gated_nonzero = torch.zeros(len(grid))
+        for f in tqdm(range(k), desc="gate cross-validation", unit="fold", disable=not self.progress, leave=False):
+            held = fold == f
+            if not bool(held.any()) or bool(held.all()):
+                continue
+            net, _ = self._train_net(h[~held], z[~held], y[~held], progress=False)
+            with torch.no_grad():
+                pred_norm = net(h[held]).norm(dim=-1)
+            train_norms = z[~held].norm(dim=-1)
+            ref = train_norms[train_norms > 0].mean() if bool((train_norms > 0).any()) else torch.tensor(0.0)
+            on = pred_norm[None, :] >= grid[:, None] * ref  # [gates, held]
+            steered_zero += (on & zero[held]).sum(dim=1)
+            gated_nonzero += (~on & ~zero[held]).sum(dim=1)
+        steered_zero /= int(zero.sum())
+        gated_nonzero /= int((~zero).sum())
+        return [{"gate": float(g), "zero_target_steered": float(a), "nonzero_target_gated": float(b),
+                 "balanced_error": float(a + b) / 2} for g, a, b in zip(GATE_GRID, steered_zero, gated_nonzero, strict=True)]
 
     # ------------------------------------------------------------------ applying ----
     def predict(self, h: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch d_model"]:
@@ -262,13 +314,22 @@ class L2S(P2SBased):
                 out = out * (out.norm(dim=-1, keepdim=True) >= gate_norm)
             return out.to(h.dtype)
 
-    def vectors(self, model: SteerableModel, items: Inputs) -> Float[Tensor, "batch d_model"]:
+    def inputs(self, model: SteerableModel, items: Inputs, batch_size: int = 32) -> Float[Tensor, "batch d_model"]:
+        """The states g reads (``input_layer`` at ``input_position``), from prompt-only passes that stop
+        at that layer, in batches of similar length; float32 on the CPU, in the items' order."""
         self.check_model(model)
         items = as_items(items)
-        images = [list(it.images) for it in items]
-        batch = model.encode([it.prompt for it in items], images if any(images) else None)
-        h = model.read(batch, [self.source_layer], reduce=self.input_position)[self.source_layer]
-        return self.predict(h).float().cpu()
+        lengths = model.prompt_lengths([it.prompt for it in items], [len(it.images) for it in items])
+        h = torch.empty(len(items), model.hidden_size)
+        for idx in length_batches(lengths, batch_size):
+            chunk = [items[i] for i in idx]
+            images = [list(it.images) for it in chunk]
+            batch = model.encode([it.prompt for it in chunk], images if any(images) else None)
+            h[idx] = model.read(batch, [self.source_layer], reduce=self.input_position)[self.source_layer].float().cpu()
+        return h
+
+    def vectors(self, model: SteerableModel, items: Inputs) -> Float[Tensor, "batch d_model"]:
+        return self.predict(self.inputs(model, items))
 
     def intervention(self, model: SteerableModel, items: list[ContrastiveItem], batch: Batch, *,
                      alpha: float | None = None, positions: str | None = None) -> Intervention | None:
@@ -279,11 +340,14 @@ class L2S(P2SBased):
     # ------------------------------------------------------------------ persistence -
     def extra_state(self) -> dict[str, Any]:
         return {"history": getattr(self, "history_", []), "train_seconds": getattr(self, "train_seconds_", None),
+                "gate": getattr(self, "gate_", 0.0), "gate_cv": getattr(self, "gate_cv_", []),
                 "gate_norm": getattr(self, "gate_norm_", 0.0)}
 
     def load_extra_state(self, state: dict[str, Any], tensors: dict[str, Tensor]) -> None:
         super().load_extra_state(state, tensors)
         self.gate_norm_ = float(state.get("gate_norm", 0.0))
+        self.gate_ = float(state.get("gate", self.gate if self.gate != "cv" else 0.0))
+        self.gate_cv_ = list(state.get("gate_cv", []))
         d, k = self.decoder_weight_.shape
         net = SteeringNet(d, k)
         net.load_state_dict({"encoder.weight": self.encoder_weight_, "encoder.bias": self.encoder_bias_,
@@ -291,6 +355,16 @@ class L2S(P2SBased):
         self.net_ = net.eval().requires_grad_(False)
         self.history_ = state.get("history", [])
         self.train_seconds_ = state.get("train_seconds")
+
+
+def stratified_folds(labels: Float[Tensor, " n"], k: int, seed: int) -> Float[Tensor, " n"]:
+    """Fold index (0..k-1) per item: each label's items shuffled (seeded) and dealt round-robin."""
+    gen = torch.Generator().manual_seed(seed)
+    fold = torch.empty(len(labels), dtype=torch.long)
+    for c in labels.unique():
+        idx = (labels == c).nonzero().squeeze(1)
+        fold[idx[torch.randperm(len(idx), generator=gen)]] = torch.arange(len(idx)) % k
+    return fold
 
 
 def _balanced(per: Tensor, y: Tensor) -> Tensor:
