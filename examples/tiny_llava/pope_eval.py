@@ -156,7 +156,7 @@ def margins_shared_prefix(sm: SteerableModel, questions: list[str], paths: list[
         feats = torch.cat(list(model.model.get_image_features(pixel_values=pix).pooler_output))
         emb = lm.get_input_embeddings()(prefix).clone()
         emb[prefix == image_id] = feats.to(emb.dtype)
-        cache = lm(inputs_embeds=emb, use_cache=True).past_key_values
+        cache = lm(inputs_embeds=emb, use_cache=True).cache  # transformers 5 name (was past_key_values)
         cache.batch_repeat_interleave(len(ids))
         h = lm(inputs_embeds=sfx_emb, cache=cache, position_ids=pos, attention_mask=mask).last_hidden_state
         logits = model.lm_head(h[torch.arange(len(ids)), lens - 1]).float()

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         emb = prefix_emb[None].expand(len(vids), -1, -1).clone()
         emb[:, img_pos] = img
         out = lm(inputs_embeds=emb, use_cache=True)
-        cache = out.past_key_values
+        cache = out.cache  # transformers 5 name (was past_key_values)
         cache.batch_select_indices(torch.tensor(q_view))
         # suffix pass: the questions against the cached prefix (right-padded; causal, so pads never matter)
         lens = [len(suffixes[c]) for c in q_cls]
