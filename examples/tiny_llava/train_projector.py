@@ -1,4 +1,4 @@
-"""Train the tiny LLaVA's projector on COCO128 POPE-style yes/no questions (one CPU thread, ~17 min).
+"""Train the tiny LLaVA's projector on COCO128 POPE-style yes/no questions (one CPU thread, ~41 min for 400 steps).
 
 Recipe (``docs/tiny-llava.md``): frozen DINOv2-small features (hidden_states[-1], CLS dropped, 16x16 grid pooled
 to 4x4) of 8 views per training image (full, h-flip, 6 random box-labelled crops), cached once; POPE-worded
