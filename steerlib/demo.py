@@ -208,12 +208,8 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
                                    **score(test, base_test, base_test, pad), "_out": base_test}]
     for m, label in (("mean", "Mean-S"), ("l2s", "L2S"), ("p2s", "P2S (oracle)")):
         layer, a = picked[m]
-        # P2S: items whose two completions are equal (benign) have z = 0 exactly, so their outputs are
-        # the unsteered ones; L2S: the same for the inputs its gate zeroes.
         st = P2S(layer, progress=False).fit(model, []) if m == "p2s" else final[(m, layer)]
-        steered = ([i for i, it in enumerate(test) if it.positive != it.negative] if m == "p2s"
-                   else _steered_rows(model, st, test))
-        o = cache.get(model, st, test, a, n_tok, f"test: {label}", rows=steered, base=base_test)
+        o = cache.get(model, st, test, a, n_tok, f"test: {label}", rows=_steered_rows(model, st, test), base=base_test)
         rows.append({"method": label, "layer": layer, "alpha": a, **score(test, o, base_test, pad), "_out": o})
     # Fluency: perplexity of each output under the unsteered model. An output identical to another
     # method's is scored once (most of L2S's and all of P2S's benign outputs equal the unsteered ones).
@@ -339,8 +335,11 @@ def _fit_or_load(model: SteerableModel, groups: Sequence[list[ContrastiveItem]],
 
 
 def _steered_rows(model: SteerableModel, steerer: Steerer, items: list[ContrastiveItem]) -> list[int]:
-    """Rows the steerer changes at all: for a gated L2S, those whose g(h) passes the gate (one prompt
-    pass up to g's input layer); every row otherwise."""
+    """Rows the steerer changes at all (the others equal the unsteered run): for P2S, items whose two
+    completions differ (equal ones give z = 0 exactly); for a gated L2S, those whose g(h) passes the gate
+    (one prompt pass up to g's input layer); every row otherwise."""
+    if type(steerer) is P2S:
+        return [i for i, it in enumerate(items) if it.positive != it.negative]
     if isinstance(steerer, L2S) and getattr(steerer, "gate_norm_", 0.0) > 0:
         v = steerer.vectors(model, items)
         return [i for i in range(len(items)) if bool(v[i].any())]

@@ -11,7 +11,7 @@ import torch
 
 from steerlib import ContrastiveItem, SteerableModel
 from steerlib.demo import GenerationCache, _steered_rows
-from steerlib.steerers import L2S, NoSteer
+from steerlib.steerers import L2S, P2S, NoSteer
 from steerlib.testing import build_tiny
 
 
@@ -53,4 +53,6 @@ def test_ungated_steerers_steer_every_row(model):
     l2s = L2S(1, hidden=8, epochs=2, progress=False).fit(model, items)
     assert _steered_rows(model, l2s, items) == [0, 1, 2, 3]
     assert _steered_rows(model, NoSteer().fit(model, []), items) == [0, 1, 2, 3]
+    # P2S: items with equal completions have z = 0 exactly and are left to the unsteered run
+    assert _steered_rows(model, P2S(1, progress=False).fit(model, []), items) == [1, 3]
     assert torch.is_tensor(l2s.vectors(model, items))

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -197,7 +197,7 @@ class L2S(P2SBased):
         return self
 
     def _train(self, h: Tensor, z: Tensor, behaviors: list[str]) -> None:
-        n, d = h.shape
+        n = h.shape[0]
         if n < 2:
             raise DataError(f"L2S needs at least 2 training items, got {n}; add training items.")
         if len(behaviors) != n:
@@ -219,8 +219,7 @@ class L2S(P2SBased):
         else:
             self.gate_cv_ = []
             self.gate_ = float(self.gate)
-        norms = z.norm(dim=-1)
-        self.gate_norm_ = self.gate_ * float(norms[norms > 0].mean()) if bool((norms > 0).any()) else 0.0
+        self.gate_norm_ = self.gate_ * _mean_target_norm(z)
 
     def _train_net(self, h: Tensor, z: Tensor, y: Tensor, *, progress: bool) -> tuple[SteeringNet, list[dict[str, float]]]:
         """Train one g on ``h -> z`` (``y``: behaviour index per row), seeded; returns it in eval mode."""
@@ -288,9 +287,7 @@ class L2S(P2SBased):
             net, _ = self._train_net(h[~held], z[~held], y[~held], progress=False)
             with torch.no_grad():
                 pred_norm = net(h[held]).norm(dim=-1)
-            train_norms = z[~held].norm(dim=-1)
-            ref = train_norms[train_norms > 0].mean() if bool((train_norms > 0).any()) else torch.tensor(0.0)
-            on = pred_norm[None, :] >= grid[:, None] * ref  # [gates, held]
+            on = pred_norm[None, :] >= grid[:, None] * _mean_target_norm(z[~held])  # [gates, held]
             steered_zero += (on & zero[held]).sum(dim=1)
             gated_nonzero += (~on & ~zero[held]).sum(dim=1)
         steered_zero /= int(zero.sum())
@@ -357,7 +354,13 @@ class L2S(P2SBased):
         self.train_seconds_ = state.get("train_seconds")
 
 
-def stratified_folds(labels: Float[Tensor, " n"], k: int, seed: int) -> Float[Tensor, " n"]:
+def _mean_target_norm(z: Float[Tensor, "n d_model"]) -> float:
+    """Mean norm of the non-zero targets (0 when all are zero): the unit of the gate."""
+    norms = z.norm(dim=-1)
+    return float(norms[norms > 0].mean()) if bool((norms > 0).any()) else 0.0
+
+
+def stratified_folds(labels: Int[Tensor, " n"], k: int, seed: int) -> Int[Tensor, " n"]:
     """Fold index (0..k-1) per item: each label's items shuffled (seeded) and dealt round-robin."""
     gen = torch.Generator().manual_seed(seed)
     fold = torch.empty(len(labels), dtype=torch.long)
