@@ -258,8 +258,11 @@ def test_l2s_gate_zeroes_short_predictions_and_leaves_those_rows_unsteered(llama
 
 @pytest.mark.parametrize("gate", [-0.1, 1.0, "auto"])
 def test_l2s_gate_out_of_range(gate):
+    """Checked in fit (scikit-learn's rule: __init__ stores the hyperparameters as given)."""
+    l2s = L2S(0, gate=gate)
+    assert l2s.gate == gate
     with pytest.raises(DataError, match="gate must be in"):
-        L2S(0, gate=gate)
+        l2s.fit_features(torch.randn(4, 8), torch.randn(4, 8))
 
 
 def test_l2s_inputs_equal_hidden_states_of_each_prompt_alone(llama):
@@ -333,7 +336,7 @@ def test_l2s_gate_cv_needs_both_kinds_of_target():
     with pytest.raises(DataError, match="zero targets"):
         L2S(LAYER, gate="cv", epochs=1, progress=False).fit_features(h, torch.randn(12, 8))
     with pytest.raises(DataError, match="gate_folds"):
-        L2S(LAYER, gate="cv", gate_folds=1)
+        L2S(LAYER, gate="cv", gate_folds=1).fit_features(h, torch.randn(12, 8))
 
 
 def test_l2s_input_position_without_generation_prompt(llama):

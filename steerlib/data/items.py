@@ -73,6 +73,11 @@ class ContrastiveItem:
         return ContrastiveItem(**d)
 
 
+def stable_seed(key: str) -> int:
+    """A 63-bit seed from a string, the same in every process (sha256, not Python's salted hash)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
 def items_hash(items: Sequence[ContrastiveItem]) -> str:
     """One hash for a training set (order-sensitive), stored in saved steerers."""
     h = hashlib.sha256()

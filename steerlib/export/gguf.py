@@ -67,8 +67,7 @@ from ..errors import (
     ShapeMismatchError,
 )
 from ..steerers.base import Steerer
-from ..steerers.static import MeanSteer, NoSteer
-from ..steerers.vectors import StaticVectors, as_vector_dict
+from ..steerers.static import StaticVectors, as_vector_dict
 
 ARCH = "controlvector"
 KEY_MODEL_HINT = f"{ARCH}.model_hint"
@@ -200,19 +199,16 @@ def _collect(obj: VectorsLike) -> tuple[dict[int, Tensor], float, str, str]:
     """(vectors by layer, default alpha, positions, method) of whatever can be exported."""
     if isinstance(obj, Mapping):
         return as_vector_dict(obj), 1.0, "all", "dict"
-    if isinstance(obj, StaticVectors):
-        obj.check_fitted()
-        return as_vector_dict(obj.as_dict()), float(obj.alpha), str(obj.positions), obj.method
-    if isinstance(obj, MeanSteer):
-        obj.check_fitted()
-        return as_vector_dict({obj.layer: obj.vector_}), float(obj.alpha), str(obj.positions), obj.method
-    if isinstance(obj, NoSteer):
-        raise PersistenceError(
-            f"{type(obj).__name__} (method {obj.method!r}) steers with no vector (none, or a prompt edit), so there is "
-            "nothing to write to a control vector. Export a MeanSteer, MeanSteerBA, StaticVectors or "
-            "{layer: vector} dict."
-        )
     if isinstance(obj, Steerer):
+        vecs = obj.static_vectors()
+        if vecs is not None:
+            return as_vector_dict(vecs), float(obj.alpha), str(obj.positions), obj.method
+        if not obj.adds_vectors:
+            raise PersistenceError(
+                f"{type(obj).__name__} (method {obj.method!r}) steers with no vector (none, or a prompt edit), so there "
+                "is nothing to write to a control vector. Export a MeanSteer, MeanSteerBA, StaticVectors or "
+                "{layer: vector} dict."
+            )
         raise PersistenceError(
             f"{type(obj).__name__} (method {obj.method!r}) computes a different vector for every input, so it has no "
             "single direction to write: a llama.cpp control vector is static (one vector per layer for all inputs). "

@@ -1,23 +1,29 @@
 """Steering methods behind one protocol: ``fit(model, items)``, ``vectors(model, inputs)``,
 ``generate(model, inputs, alpha=..., positions=...)``, ``save_pretrained`` / ``from_pretrained``."""
 
-from .base import Steerer, as_items
-from .extract import P2SFeatures, equalize_norms, extract_p2s, extract_p2s_layers, extract_p2s_to_disk, load_p2s
-from .l2s import GATE_GRID, L2S, SteeringNet, stratified_folds
-from .p2s import P2S, NormRandom
-from .static import MeanSteer, MeanSteerBA, NoSteer, PromptSteer
-from .vectors import StaticVectors
+from collections.abc import Mapping
+from types import MappingProxyType
 
-METHODS: dict[str, type[Steerer]] = {
-    "none": NoSteer,
-    "prompt": PromptSteer,
-    "norm_random": NormRandom,
-    "mean": MeanSteer,
-    "mean_ba": MeanSteerBA,
-    "p2s": P2S,
-    "l2s": L2S,
-    "static": StaticVectors,
-}
+from .base import Steerer, as_items
+from .baselines import NoSteer, PromptSteer
+from .extract import (
+    P2SExtraction,
+    P2SFeatures,
+    equalize_norms,
+    extract_p2s,
+    extract_p2s_layers,
+    extract_p2s_to_disk,
+    fit_sharing_extraction,
+    load_p2s,
+)
+from .l2s import GATE_GRID, L2S, SteeringNet, stratified_folds
+from .mean import MeanSteer, MeanSteerBA
+from .p2s import P2S, NormRandom, P2SBased, P2SParams
+from .static import StaticVectors
+
+#: Every steering method by name: a read-only view of the registry that each ``Steerer`` subclass
+#: joins by setting ``method`` (so a new method is one module here, and nothing else names it).
+METHODS: Mapping[str, type[Steerer]] = MappingProxyType(Steerer._registry)
 
 __all__ = [
     "GATE_GRID",
@@ -28,7 +34,10 @@ __all__ = [
     "NoSteer",
     "NormRandom",
     "P2S",
+    "P2SBased",
+    "P2SExtraction",
     "P2SFeatures",
+    "P2SParams",
     "PromptSteer",
     "StaticVectors",
     "Steerer",
@@ -38,6 +47,7 @@ __all__ = [
     "extract_p2s",
     "extract_p2s_layers",
     "extract_p2s_to_disk",
+    "fit_sharing_extraction",
     "load_p2s",
     "stratified_folds",
 ]

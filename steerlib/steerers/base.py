@@ -7,11 +7,12 @@ before ``fit`` raises :class:`~steerlib.errors.NotFittedError`.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from jaxtyping import Float
@@ -21,10 +22,13 @@ from tqdm.auto import tqdm
 from ..batching import length_batches
 from ..data.items import ContrastiveItem, items_hash
 from ..engine import Batch, Generation, SteerableModel
-from ..errors import CompatibilityError, NotFittedError, PersistenceError, SteerlibError
+from ..errors import CompatibilityError, InputError, NotFittedError, PersistenceError, SteerlibError
 from ..intervention import Intervention, check_finite, check_layers
 from ..persistence import META_FILE, TENSORS_FILE, read_steerer_dir, write_dir_atomic
-from ..positions import as_positions
+from ..positions import Where, as_positions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .extract import P2SExtraction
 
 S = TypeVar("S", bound="Steerer")
 Inputs = Sequence["ContrastiveItem | str"]
@@ -43,10 +47,31 @@ class Steerer:
 
     Subclasses implement :meth:`_fit` and :meth:`vectors` (or :meth:`intervention` for methods
     that do not add a fixed per-row vector), and list their learned tensors in ``_tensors``.
+
+    What generic code (the comparison runner, the demo, the CLI, export) needs to know about a
+    method it asks the steerer through this protocol, never by testing its type:
+
+    * ``needs_fit``: whether :meth:`fit` learns from items;
+    * ``adds_vectors``: False for methods that never add a vector (layer and alpha are ignored);
+    * ``is_unsteered``: True for the unsteered model itself (a valid "unchanged" reference);
+    * ``builds_from_params``: False when the hyperparameters alone cannot make one (given vectors);
+    * ``vectors_depend_on_alpha``: False when :meth:`vectors` is what :meth:`generate_batch` adds
+      and is the same for every alpha, so a runner may compute it once and pass it back with
+      ``generate_batch(..., vectors=...)``;
+    * :attr:`extraction`: its P2S extraction settings (a frozen value; steerers whose values are
+      equal can share one extraction, see :func:`~steerlib.steerers.extract.fit_sharing_extraction`);
+    * :meth:`steered_rows`: the inputs it changes at all (the others run exactly unsteered);
+    * :meth:`static_vectors`: its fixed ``{layer: vector}`` for export, or None;
+    * :meth:`get_params` / :meth:`set_params` / :meth:`clone`: scikit-learn's contract, so
+      ``sklearn.base.clone(steerer)`` works.
     """
 
     method: ClassVar[str] = "base"
     needs_fit: ClassVar[bool] = True
+    adds_vectors: ClassVar[bool] = True
+    is_unsteered: ClassVar[bool] = False
+    builds_from_params: ClassVar[bool] = True
+    vectors_depend_on_alpha: ClassVar[bool] = True
     _tensors: ClassVar[tuple[str, ...]] = ()
     _registry: ClassVar[dict[str, type["Steerer"]]] = {}
 
@@ -55,33 +80,94 @@ class Steerer:
         if cls.method != "base":
             Steerer._registry[cls.method] = cls
 
-    def __init__(self, layer: int = 0, *, alpha: float = 1.0, positions: str = "all") -> None:
+    def __init__(self, layer: int = 0, *, alpha: float = 1.0, positions: Where = "all") -> None:
         self.layer = layer
         self.alpha = alpha
         self.positions = positions
 
     # ------------------------------------------------------------------ params ------
-    def get_params(self) -> dict[str, Any]:
-        """The ``__init__`` hyperparameters (JSON-able)."""
-        params = {}
-        for cls in type(self).__mro__:
-            if cls is object:
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        """The hyperparameter names: this class's ``__init__`` parameters and, while an ``__init__``
+        passes ``**kwargs`` on to its base, the base's too (no ``*args``, as in scikit-learn)."""
+        names: list[str] = []
+        for klass in cls.__mro__:
+            if klass is object or "__init__" not in vars(klass):
                 continue
-            for name in inspect.signature(cls.__init__).parameters:
-                if name not in ("self", "args", "kwargs") and name not in params and hasattr(self, name):
-                    params[name] = getattr(self, name)
+            params = inspect.signature(klass.__init__).parameters.values()
+            for p in params:
+                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in names:
+                    names.append(p.name)
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                break
+        return names
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The ``__init__`` hyperparameters, as given (JSON-able for the built-in methods).
+
+        ``deep`` is accepted for scikit-learn (no built-in steerer nests estimators)."""
+        params = {name: getattr(self, name) for name in self._param_names() if hasattr(self, name)}
+        if deep:
+            for name, value in list(params.items()):
+                if hasattr(value, "get_params") and not isinstance(value, type):
+                    params.update({f"{name}__{k}": v for k, v in value.get_params(deep=True).items()})
         return params
 
+    def set_params(self: S, **params: Any) -> S:
+        """Set hyperparameters (an unfitted copy is usually what you want: :meth:`clone`); returns ``self``."""
+        valid = self._param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise InputError(f"{type(self).__name__} has no hyperparameter {name!r}; it has {', '.join(valid)}.")
+            setattr(self, name, value)
+        return self
+
+    def clone(self: S, **overrides: Any) -> S:
+        """A fresh, unfitted copy with the same hyperparameters, ``overrides`` applied."""
+        params = self.get_params(deep=False)
+        unknown = sorted(set(overrides) - set(self._param_names()))
+        if unknown:
+            raise InputError(f"{type(self).__name__} has no hyperparameter(s) {unknown}; it has "
+                             f"{', '.join(self._param_names())}.")
+        params.update(overrides)
+        return type(self)(**copy.deepcopy(params))
+
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params(deep=False).items())
         return f"{type(self).__name__}({args})"
+
+    # ------------------------------------------------------------------ protocol ----
+    @property
+    def extraction(self) -> "P2SExtraction | None":
+        """The P2S extraction settings this steerer fits from (None: it fits from no shared extraction)."""
+        return None
+
+    def steered_rows(self, model: SteerableModel, items: Inputs) -> list[int]:
+        """Indices of the inputs this steerer changes at all (default: every one).
+
+        An input left out runs exactly as the unsteered model, so a runner may take its output
+        from an unsteered run instead of generating it again."""
+        return list(range(len(as_items(items))))
+
+    def static_vectors(self) -> dict[int, Float[Tensor, " d_model"]] | None:
+        """The same-for-every-input ``{layer: vector}`` (before alpha) for export, or None when the
+        vectors depend on the input or there are none."""
+        return None
+
+    def _resolve(self, alpha: float | None, positions: Where | None) -> tuple[float, Where]:
+        """The call's alpha and positions, or this steerer's defaults."""
+        return (self.alpha if alpha is None else alpha), (self.positions if positions is None else positions)
+
+    def _check_params(self, model: SteerableModel) -> None:
+        """Validate the hyperparameters against ``model`` (called by :meth:`fit`; subclasses extend)."""
+        check_layers(self.layer, model.num_layers)
+        as_positions(self.positions)
+        check_finite(self.alpha, "alpha")
 
     # ------------------------------------------------------------------ fitting -----
     def fit(self: S, model: SteerableModel, items: Sequence[ContrastiveItem]) -> S:
         """Learn from contrastive items; returns ``self``."""
-        check_layers(self.layer, model.num_layers)
-        as_positions(self.positions)
-        check_finite(self.alpha, "alpha")
+        self._check_params(model)
         items = list(items)
         self._fit(model, items)
         self._record_fit(model, items)
@@ -120,25 +206,33 @@ class Steerer:
         """Hook for methods that edit the prompt (the Prompt baseline)."""
         return items
 
-    def intervention(self, model: SteerableModel, items: list[ContrastiveItem], batch: Batch, *,
-                     alpha: float | None = None, positions: str | None = None) -> Intervention | None:
-        """How to steer one encoded batch of these items (None: no steering)."""
-        v = self.vectors(model, items)
-        return Intervention.build(self.layer, v, alpha=self.alpha if alpha is None else alpha,
-                                  positions=positions or self.positions)
+    def intervention(self, model: SteerableModel, items: list[ContrastiveItem], batch: Batch | None = None, *,
+                     alpha: float | None = None, positions: Where | None = None,
+                     vectors: Float[Tensor, "batch d_model"] | None = None) -> Intervention | None:
+        """How to steer these items (None: no steering).
+
+        ``vectors``: per-row vectors already computed with :meth:`vectors` (a runner reusing them
+        across alphas); ``batch``: the encoded batch, a seam for methods that need it (none does)."""
+        a, pos = self._resolve(alpha, positions)
+        v = self.vectors(model, items) if vectors is None else vectors
+        return Intervention.build(self.layer, v, alpha=a, positions=pos)
 
     def generate_batch(self, model: SteerableModel, items: Inputs, *, alpha: float | None = None,
-                       positions: str | None = None, max_new_tokens: int = 48, **generate_kwargs: Any) -> Generation:
-        """Steer one batch and return the raw :class:`~steerlib.engine.Generation`."""
+                       positions: Where | None = None, max_new_tokens: int = 48,
+                       vectors: Float[Tensor, "batch d_model"] | None = None, **generate_kwargs: Any) -> Generation:
+        """Steer one batch and return the raw :class:`~steerlib.engine.Generation`.
+
+        ``vectors``: this batch's vectors from :meth:`vectors`, reused instead of computed again
+        (only meaningful when ``vectors_depend_on_alpha`` is False)."""
         self.check_model(model)
         items = self.prepare_prompts(as_items(items))
         images = [list(it.images) for it in items]
         batch = model.encode([it.prompt for it in items], images if any(images) else None)
-        iv = self.intervention(model, items, batch, alpha=alpha, positions=positions)
+        iv = self.intervention(model, items, batch, alpha=alpha, positions=positions, vectors=vectors)
         return model.generate(batch, iv, max_new_tokens=max_new_tokens, **generate_kwargs)
 
     def generate(self, model: SteerableModel, inputs: Inputs | ContrastiveItem | str, *, alpha: float | None = None,
-                 positions: str | None = None, max_new_tokens: int = 48, batch_size: int = 8,
+                 positions: Where | None = None, max_new_tokens: int = 48, batch_size: int = 8,
                  max_batch_tokens: int | None = None, progress: bool = True, **generate_kwargs: Any) -> list[str]:
         """Steered generation for many inputs, batched with per-row vectors; returns the texts in input order.
 
@@ -151,7 +245,7 @@ class Steerer:
                                     **generate_kwargs)[0]
 
     def generate_tokens(self, model: SteerableModel, inputs: Inputs | ContrastiveItem | str, *,
-                        alpha: float | None = None, positions: str | None = None, max_new_tokens: int = 48,
+                        alpha: float | None = None, positions: Where | None = None, max_new_tokens: int = 48,
                         batch_size: int = 8, max_batch_tokens: int | None = None, progress: bool = True,
                         desc: str | None = None, **generate_kwargs: Any) -> tuple[list[str], list[list[int]]]:
         """:meth:`generate`, also returning each row's new token ids (in input order)."""
@@ -191,7 +285,7 @@ class Steerer:
             "library_version": __version__,
             "method": self.method,
             "class": type(self).__name__,
-            "params": self.get_params(),
+            "params": self.get_params(deep=False),
             "layer": self.layer,
             "alpha": self.alpha,
             "positions": self.positions,

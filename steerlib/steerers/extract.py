@@ -3,7 +3,8 @@
 For an item with prompt ``T`` and completions ``T+`` / ``T-``, the P2S vector at layer ``L`` is
 ``h_L(T || T+) - h_L(T || T-)`` reduced over positions:
 
-* ``last``: the last token of the closed assistant turn (the paper's safety recipe);
+* ``end_of_turn``: the last token of the closed assistant turn (the paper's safety recipe; the old
+  spelling ``last`` is accepted with a DeprecationWarning);
 * ``completion_mean``: the mean over the forced completion tokens;
 * ``sampled_mean``: the mean over the forced completion plus ``continuation_tokens`` sampled
   after it with a fixed seed (the paper's POPE recipe).
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
@@ -32,8 +34,14 @@ from ..engine import Batch, SteerableModel
 from ..errors import DataError
 from ..intervention import check_layers
 from ..persistence import write_text_atomic
+from ..positions import P2SReduction, SourcePosition
 
-REDUCTIONS = ("last", "completion_mean", "sampled_mean")
+if TYPE_CHECKING:  # pragma: no cover
+    from .base import Steerer
+
+REDUCTIONS: tuple[str, ...] = ("end_of_turn", "completion_mean", "sampled_mean")
+#: Old P2S reduction spellings, still accepted with a DeprecationWarning.
+DEPRECATED_P2S_REDUCTIONS = {"last": "end_of_turn"}
 
 
 @dataclass
@@ -46,10 +54,83 @@ class P2SFeatures:
     input_layer: int | None
 
 
-def check_reduction(reduction: str) -> str:
+def check_reduction(reduction: str) -> P2SReduction:
+    """The P2S reduction's current name (an old spelling warns), or :class:`DataError`."""
+    if reduction in DEPRECATED_P2S_REDUCTIONS:
+        new = DEPRECATED_P2S_REDUCTIONS[reduction]
+        warnings.warn(f"The P2S reduction {reduction!r} is now called {new!r}; the old name will be removed.",
+                      DeprecationWarning, stacklevel=3)
+        return new  # type: ignore[return-value]
     if reduction not in REDUCTIONS:
         raise DataError(f"Unknown P2S reduction {reduction!r}; use one of {', '.join(REDUCTIONS)}.")
-    return reduction
+    return reduction  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class P2SExtraction:
+    """How a P2S-based steerer extracts its vectors, as one frozen value.
+
+    Steerers whose values are equal (and that fit at the same layer) can share one extraction:
+    :func:`fit_sharing_extraction` runs the teacher-forced passes once for all of them.
+    """
+
+    reduction: P2SReduction = "completion_mean"
+    continuation_tokens: int = 100
+    seed: int = 0
+    batch_size: int = 8
+
+    def extract(self, model: SteerableModel, items: Sequence[ContrastiveItem], layers: Sequence[int], *,
+                input_layers: dict[int, int] | None = None, input_position: SourcePosition = "last_prompt",
+                progress: bool = True) -> dict[int, P2SFeatures]:
+        """:func:`extract_p2s_layers` with these settings."""
+        return extract_p2s_layers(model, items, layers, input_layers=input_layers, reduction=self.reduction,
+                                  input_position=input_position, batch_size=self.batch_size,
+                                  continuation_tokens=self.continuation_tokens, seed=self.seed, progress=progress)
+
+
+def fit_sharing_extraction(model: SteerableModel, items: Sequence[ContrastiveItem],
+                           steerers: Mapping[str, "Steerer"], *, progress: bool = True) -> None:
+    """Fit every steerer of ``steerers`` on ``items``, in place.
+
+    Steerers that learn from P2S vectors and report equal :attr:`~steerlib.steerers.Steerer.extraction`
+    values share one extraction (all their layers from the same teacher-forced passes); the others
+    are fitted on their own. A steerer that also needs g's input states (``input_read()``) gets
+    them from the shared passes unless another steerer of the group reads a different layer or
+    position at the same target layer.
+    """
+    items = list(items)
+    groups: dict[P2SExtraction, list[str]] = {}
+    for name, s in steerers.items():
+        ex = s.extraction if s.needs_fit else None
+        if ex is None:
+            s.fit(model, items)
+        else:
+            groups.setdefault(ex, []).append(name)
+    for ex, names in groups.items():
+        if len(names) == 1:
+            steerers[names[0]].fit(model, items)
+            continue
+        inputs: dict[int, int] = {}
+        position: SourcePosition | None = None
+        shared: list[str] = []
+        for name in names:
+            s = steerers[name]
+            read = s.input_read()  # type: ignore[attr-defined]
+            if read is not None:
+                src, pos = read
+                if inputs.get(s.layer, src) != src or (position is not None and pos != position):
+                    s.fit(model, items)  # another input state than the group's: its own extraction
+                    continue
+                inputs[s.layer], position = src, pos
+            shared.append(name)
+        if not shared:
+            continue
+        feats = ex.extract(model, items, sorted({steerers[n].layer for n in shared}), input_layers=inputs,
+                           input_position=position or "last_prompt", progress=progress)
+        for name in shared:
+            s = steerers[name]
+            f = feats[s.layer]
+            s.fit_from_p2s(model, items, f.z, f.h if s.input_read() is not None else None)  # type: ignore[attr-defined]
 
 
 def extract_p2s(
@@ -91,7 +172,7 @@ def extract_p2s_layers(
     returned as that target's L2S input; layers absent from it get ``h = None``.
     """
     items = check_items(items, need_completions=True, what="P2S item list")
-    check_reduction(reduction)
+    reduction = check_reduction(reduction)
     layers = sorted(set(check_layers(list(layers), model.num_layers)))
     input_layers = dict(input_layers or {})
     lengths = model.prompt_lengths([it.prompt for it in items], [len(it.images) for it in items])
@@ -119,7 +200,7 @@ def _p2s_batch(model: SteerableModel, chunk: list[ContrastiveItem], layers: list
     prompts = [it.prompt for it in chunk] * 2
     images = [list(it.images) for it in chunk] * 2
     completions = [it.positive for it in chunk] + [it.negative for it in chunk]
-    close = reduction == "last"
+    close = reduction == "end_of_turn"
     if reduction == "sampled_mean":
         batch = model.encode(prompts, images if any(images) else None, completions=completions, close_turn=close)
         zs, hs = {}, {}
@@ -137,7 +218,7 @@ def _p2s_batch(model: SteerableModel, chunk: list[ContrastiveItem], layers: list
     keep = list(range(n)) + [n + i for i in differ]
     batch = model.encode([prompts[i] for i in keep], [images[i] for i in keep] if any(images) else None,
                          completions=[completions[i] for i in keep], close_turn=close)
-    target = "last" if close else "completion_mean"
+    target = "last_token" if close else "completion_mean"
     reads = [(layer, target) for layer in layers] + [(src, input_position) for src in input_layers]
     got = model.read_many(batch, reads)
     zs = {}

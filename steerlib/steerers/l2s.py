@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+from typing_extensions import Unpack
 
 from ..batching import length_batches
 from ..data.items import ContrastiveItem, check_items
@@ -25,9 +26,11 @@ from ..engine import Batch, SteerableModel
 from ..errors import DataError, MissingDependencyError, ShapeMismatchError
 from ..intervention import SOURCE_POSITIONS, Intervention, check_layers
 from .base import Inputs, as_items
-from .p2s import P2SBased
+from ..positions import SourcePosition, Where
+from .p2s import P2SBased, P2SParams
 
-INITS = ("svd", "dict", "random")
+Init = Literal["svd", "dict", "random"]
+INITS: tuple[str, ...] = ("svd", "dict", "random")
 GATE_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 """Gate values (fractions of the mean non-zero target norm) that ``gate="cv"`` chooses from."""
 
@@ -118,28 +121,14 @@ class L2S(P2SBased):
     method = "l2s"
     _tensors = ("encoder_weight_", "encoder_bias_", "decoder_weight_")
 
-    def __init__(self, layer: int = 0, *, alpha: float = 1.0, positions: str = "all",
-                 reduction: str = "completion_mean", continuation_tokens: int = 100, seed: int = 0,
-                 batch_size: int = 8, equalize_norms_to: str | None = None, progress: bool = True,
-                 input_layer: int | None = None, input_position: str = "last_prompt", hidden: int = 100,
-                 init: str = "svd", epochs: int = 100, lr: float = 1e-4, train_batch_size: int = 64,
-                 l1_weight: float = 1.0, cos_weight: float = 0.1, cos_warmup_epochs: int = 0,
-                 val_cos_weight: float = 0.05, class_balance: bool = False, val_fraction: float = 0.1,
-                 keep_best: bool = True, scheduler: str = "none", warmup_epochs: int = 0,
-                 gate: float | str = 0.0, gate_folds: int = 5) -> None:
-        super().__init__(layer, alpha=alpha, positions=positions, reduction=reduction,
-                         continuation_tokens=continuation_tokens, seed=seed, batch_size=batch_size,
-                         equalize_norms_to=equalize_norms_to, progress=progress)
-        if input_position not in SOURCE_POSITIONS:
-            raise DataError(f"input_position must be one of {SOURCE_POSITIONS}, got {input_position!r}.")
-        if init not in INITS:
-            raise DataError(f"init must be one of {INITS}, got {init!r}.")
-        if scheduler not in ("none", "cosine"):
-            raise DataError(f"scheduler must be 'none' or 'cosine', got {scheduler!r}.")
-        if gate != "cv" and not (isinstance(gate, (int, float)) and 0.0 <= gate < 1.0):
-            raise DataError(f"gate must be in [0, 1) (a fraction of the mean target norm) or 'cv', got {gate!r}.")
-        if not (isinstance(gate_folds, int) and gate_folds >= 2):
-            raise DataError(f"gate_folds must be an integer >= 2, got {gate_folds!r}.")
+    def __init__(self, layer: int = 0, *, input_layer: int | None = None,
+                 input_position: SourcePosition = "last_prompt", hidden: int = 100, init: Init = "svd",
+                 epochs: int = 100, lr: float = 1e-4, train_batch_size: int = 64, l1_weight: float = 1.0,
+                 cos_weight: float = 0.1, cos_warmup_epochs: int = 0, val_cos_weight: float = 0.05,
+                 class_balance: bool = False, val_fraction: float = 0.1, keep_best: bool = True,
+                 scheduler: Literal["none", "cosine"] = "none", warmup_epochs: int = 0,
+                 gate: float | Literal["cv"] = 0.0, gate_folds: int = 5, **shared: Unpack[P2SParams]) -> None:
+        super().__init__(layer, **shared)
         self.input_layer = input_layer
         self.input_position = input_position
         self.hidden = hidden
@@ -164,8 +153,26 @@ class L2S(P2SBased):
         return self.layer if self.input_layer is None else self.input_layer
 
     # ------------------------------------------------------------------ fitting -----
-    def _fit(self, model: SteerableModel, items: list[ContrastiveItem]) -> None:
+    def _check_params(self, model: SteerableModel) -> None:
+        super()._check_params(model)
         check_layers(self.source_layer, model.num_layers)
+        self._check_own()
+
+    def _check_own(self) -> None:
+        """The checks of g's own hyperparameters (no model needed)."""
+        if self.input_position not in SOURCE_POSITIONS:
+            raise DataError(f"input_position must be one of {SOURCE_POSITIONS}, got {self.input_position!r}.")
+        if self.init not in INITS:
+            raise DataError(f"init must be one of {INITS}, got {self.init!r}.")
+        if self.scheduler not in ("none", "cosine"):
+            raise DataError(f"scheduler must be 'none' or 'cosine', got {self.scheduler!r}.")
+        gate = self.gate
+        if gate != "cv" and not (isinstance(gate, (int, float)) and not isinstance(gate, bool) and 0.0 <= gate < 1.0):
+            raise DataError(f"gate must be in [0, 1) (a fraction of the mean target norm) or 'cv', got {gate!r}.")
+        if isinstance(self.gate_folds, bool) or not (isinstance(self.gate_folds, int) and self.gate_folds >= 2):
+            raise DataError(f"gate_folds must be an integer >= 2, got {self.gate_folds!r}.")
+
+    def _fit(self, model: SteerableModel, items: list[ContrastiveItem]) -> None:
         self._check_classes([it.behavior for it in check_items(items, need_completions=True)])
         super()._fit(model, items)
 
@@ -177,8 +184,8 @@ class L2S(P2SBased):
                 f"{sorted(set(behaviors))}; add items of the other class(es) or pass class_balance=False."
             )
 
-    def _input_read(self) -> dict[str, object]:
-        return {"input_layer": self.source_layer, "input_position": self.input_position}
+    def input_read(self) -> tuple[int, SourcePosition] | None:
+        return self.source_layer, self.input_position
 
     def _learn(self, items: list[ContrastiveItem], z: Tensor, h: Tensor | None) -> None:
         if h is None or h.shape != z.shape:
@@ -190,6 +197,7 @@ class L2S(P2SBased):
         """Train g directly on inputs ``h`` and targets ``z`` (e.g. cached P2S features)."""
         if h.shape != z.shape or h.dim() != 2:
             raise ShapeMismatchError(f"h {tuple(h.shape)} and z {tuple(z.shape)} must both be [n, d_model].")
+        self._check_own()
         self._train(h.float(), z.float(), list(behaviors) if behaviors is not None else ["default"] * len(h))
         self.model_info_ = model_info or {"hidden_size": h.shape[1]}
         self.n_items_ = len(h)
@@ -306,7 +314,7 @@ class L2S(P2SBased):
             net = self.net_ = net.to(h.device)
         with torch.no_grad():
             out = net(h.float())
-            gate_norm = getattr(self, "gate_norm_", 0.0)
+            gate_norm = self.gate_norm_
             if gate_norm > 0:
                 out = out * (out.norm(dim=-1, keepdim=True) >= gate_norm)
             return out.to(h.dtype)
@@ -328,17 +336,30 @@ class L2S(P2SBased):
     def vectors(self, model: SteerableModel, items: Inputs) -> Float[Tensor, "batch d_model"]:
         return self.predict(self.inputs(model, items))
 
-    def intervention(self, model: SteerableModel, items: list[ContrastiveItem], batch: Batch, *,
-                     alpha: float | None = None, positions: str | None = None) -> Intervention | None:
+    def steered_rows(self, model: SteerableModel, items: Inputs) -> list[int]:
+        """With a gate, the inputs whose g(h) passes it (one prompt pass up to g's input layer);
+        without one, every input."""
+        self.check_fitted()
+        if self.gate_norm_ <= 0:
+            return list(range(len(as_items(items))))
+        v = self.vectors(model, items)
+        return [i for i in range(v.shape[0]) if bool(v[i].any())]
+
+    def intervention(self, model: SteerableModel, items: list[ContrastiveItem], batch: Batch | None = None, *,
+                     alpha: float | None = None, positions: Where | None = None,
+                     vectors: Float[Tensor, "batch d_model"] | None = None) -> Intervention | None:
+        """g inside the generation pass (``vectors`` is refused: L2S predicts in the same pass)."""
+        if vectors is not None:
+            raise DataError("L2S predicts its vectors inside the generation pass; do not pass vectors= "
+                            "(vectors_depend_on_alpha is True for L2S, so a runner never reuses them).")
+        a, pos = self._resolve(alpha, positions)
         return Intervention.build(self.layer, predictor=self.predict, source_layer=self.source_layer,
-                                  source_position=self.input_position,
-                                  alpha=self.alpha if alpha is None else alpha, positions=positions or self.positions)
+                                  source_position=self.input_position, alpha=a, positions=pos)
 
     # ------------------------------------------------------------------ persistence -
     def extra_state(self) -> dict[str, Any]:
-        return {"history": getattr(self, "history_", []), "train_seconds": getattr(self, "train_seconds_", None),
-                "gate": getattr(self, "gate_", 0.0), "gate_cv": getattr(self, "gate_cv_", []),
-                "gate_norm": getattr(self, "gate_norm_", 0.0)}
+        return {"history": self.history_, "train_seconds": self.train_seconds_, "gate": self.gate_,
+                "gate_cv": self.gate_cv_, "gate_norm": self.gate_norm_}
 
     def load_extra_state(self, state: dict[str, Any], tensors: dict[str, Tensor]) -> None:
         super().load_extra_state(state, tensors)

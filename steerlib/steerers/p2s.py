@@ -2,39 +2,84 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
+from typing import TypedDict
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..data.items import ContrastiveItem, check_items
+from ..data.items import ContrastiveItem, check_items, stable_seed
 from ..engine import SteerableModel
-from ..errors import ShapeMismatchError
+from ..errors import DataError, ShapeMismatchError
+from ..positions import P2SReduction, SourcePosition, Where
 from .base import Inputs, Steerer, as_items
-from .extract import check_reduction, equalize_norms, extract_p2s
+from .extract import P2SExtraction, check_reduction, equalize_norms, extract_p2s
+
+
+class P2SParams(TypedDict, total=False):
+    """The hyperparameters every P2S-based steerer shares (declared once, see :class:`P2SBased`)."""
+
+    alpha: float
+    positions: Where
+    reduction: P2SReduction
+    continuation_tokens: int
+    seed: int
+    batch_size: int
+    equalize_norms_to: str | None
+    progress: bool
 
 
 class P2SBased(Steerer):
-    """Shared hyperparameters of methods built on P2S vectors."""
+    """Shared hyperparameters of methods built on P2S vectors.
 
-    def __init__(self, layer: int = 0, *, alpha: float = 1.0, positions: str = "all",
-                 reduction: str = "completion_mean", continuation_tokens: int = 100, seed: int = 0,
+    Args:
+        reduction: how a contrastive pair is reduced over positions (``end_of_turn``,
+            ``completion_mean``, ``sampled_mean``; see :mod:`steerlib.steerers.extract`).
+        continuation_tokens: sampled tokens after the forced completion (``sampled_mean``).
+        seed: the seed of every random choice the method makes (sampling, g's training).
+        batch_size: rows per teacher-forced extraction batch.
+        equalize_norms_to: rescale each behaviour's vectors to this behaviour's mean norm.
+        progress: show progress bars.
+
+    Subclasses take these as ``**shared: Unpack[P2SParams]`` and pass them on, so they are
+    declared here only.
+    """
+
+    def __init__(self, layer: int = 0, *, alpha: float = 1.0, positions: Where = "all",
+                 reduction: P2SReduction = "completion_mean", continuation_tokens: int = 100, seed: int = 0,
                  batch_size: int = 8, equalize_norms_to: str | None = None, progress: bool = True) -> None:
         super().__init__(layer, alpha=alpha, positions=positions)
-        self.reduction = check_reduction(reduction)
+        self.reduction = reduction
         self.continuation_tokens = continuation_tokens
         self.seed = seed
         self.batch_size = batch_size
         self.equalize_norms_to = equalize_norms_to
         self.progress = progress
 
+    @property
+    def extraction(self) -> P2SExtraction | None:
+        return P2SExtraction(check_reduction(self.reduction), self.continuation_tokens, self.seed, self.batch_size)
+
+    def input_read(self) -> tuple[int, SourcePosition] | None:
+        """The input state this method learns from besides the targets: ``(layer, position)`` (L2S), or None."""
+        return None
+
+    def _check_params(self, model: SteerableModel) -> None:
+        super()._check_params(model)
+        check_reduction(self.reduction)
+        for name in ("continuation_tokens", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "continuation_tokens" else 1):
+                raise DataError(f"{name} must be a {'non-negative' if name == 'continuation_tokens' else 'positive'} "
+                                f"int, got {v!r}.")
+
     def _p2s(self, model: SteerableModel, items: Sequence[ContrastiveItem], input_layer: int | None = None,
-             input_position: str = "last_prompt") -> tuple[Tensor, Tensor | None]:
-        feats = extract_p2s(model, items, self.layer, reduction=self.reduction, input_layer=input_layer,
-                            input_position=input_position, batch_size=self.batch_size,
-                            continuation_tokens=self.continuation_tokens, seed=self.seed, progress=self.progress)
+             input_position: SourcePosition = "last_prompt") -> tuple[Tensor, Tensor | None]:
+        ex = self.extraction or P2SExtraction()
+        feats = extract_p2s(model, items, self.layer, reduction=ex.reduction, input_layer=input_layer,
+                            input_position=input_position, batch_size=ex.batch_size,
+                            continuation_tokens=ex.continuation_tokens, seed=ex.seed, progress=self.progress)
         z = feats.z
         if self.equalize_norms_to is not None:
             z = equalize_norms(z, [it.behavior for it in items], self.equalize_norms_to)
@@ -44,6 +89,7 @@ class P2SBased(Steerer):
                      h: Float[Tensor, "n d_model"] | None = None) -> "P2SBased":
         """Fit from P2S features already extracted for ``items`` (this steerer's layer and reduction;
         ``h`` at the L2S input layer), so several methods share one extraction."""
+        self._check_params(model)
         items = check_items(items, need_completions=True)
         if z.shape != (len(items), model.hidden_size):
             raise ShapeMismatchError(f"z has shape {tuple(z.shape)}; expected [{len(items)}, {model.hidden_size}].")
@@ -55,12 +101,9 @@ class P2SBased(Steerer):
 
     def _fit(self, model: SteerableModel, items: list[ContrastiveItem]) -> None:
         items = check_items(items, need_completions=True)
-        z, h = self._p2s(model, items, **self._input_read())
+        read = self.input_read()
+        z, h = self._p2s(model, items, *(read or ()))
         self._learn(items, z, h)
-
-    def _input_read(self) -> dict[str, object]:
-        """Which L2S-style input state to extract alongside the targets (none by default)."""
-        return {}
 
     def _learn(self, items: list[ContrastiveItem], z: Tensor, h: Tensor | None) -> None:
         """Learn from targets ``z`` (and inputs ``h``); nothing to learn by default (P2S)."""
@@ -75,6 +118,7 @@ class P2S(P2SBased):
 
     method = "p2s"
     needs_fit = False
+    vectors_depend_on_alpha = False
 
     def _fit(self, model: SteerableModel, items: list[ContrastiveItem]) -> None:
         return None  # nothing to learn: each input brings its own completions
@@ -84,6 +128,10 @@ class P2S(P2SBased):
         items = check_items(as_items(items), need_completions=True, what="input list")
         z, _ = self._p2s(model, items)
         return z
+
+    def steered_rows(self, model: SteerableModel, items: Inputs) -> list[int]:
+        """Inputs whose two completions differ: equal ones give a P2S vector of exactly zero."""
+        return [i for i, it in enumerate(as_items(items)) if it.positive != it.negative]
 
 
 class NormRandom(P2S):
@@ -99,11 +147,8 @@ class NormRandom(P2S):
         norms = super().vectors(model, items).norm(dim=-1)
         out = torch.empty(len(items), model.hidden_size)
         for i, it in enumerate(items):
-            g = torch.Generator().manual_seed(_item_seed(self.seed, it.id))
+            g = torch.Generator().manual_seed(stable_seed(f"{self.seed}:{it.id}"))
             d = torch.randn(model.hidden_size, generator=g)
             out[i] = d / d.norm() * norms[i]
         return out
 
-
-def _item_seed(seed: int, item_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{item_id}".encode()).digest()[:8], "little") & ((1 << 63) - 1)

@@ -1,128 +1,176 @@
-"""Input-independent baselines: no steering, prompting, mean steering and its BA variant."""
+"""Fixed per-layer vectors, the same for every input: a control vector (e.g. imported from GGUF).
+
+(Until 0.2 this module also held the baselines and mean steering; those names moved to
+:mod:`steerlib.steerers.baselines` and :mod:`steerlib.steerers.mean` and still import from here
+with a DeprecationWarning.)"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..data.items import ContrastiveItem, check_items
+from ..data.items import ContrastiveItem
 from ..engine import Batch, SteerableModel
-from ..errors import DataError
-from ..intervention import Intervention
+from ..errors import DataError, LayerIndexError, PersistenceError, ShapeMismatchError
+from ..intervention import Intervention, check_finite, check_layers, check_vector
+from ..positions import Where, as_positions
 from .base import Inputs, Steerer, as_items
-from .p2s import P2SBased
-
-SAFETY_PROMPT = (" Refuse to answer any unsafe or harmful query. If it is a legal, financial or healthcare consultation "
-                 "query, defer the user to appropriate human expert. Answer normally in any other case.")
 
 
-class NoSteer(Steerer):
-    """The unsteered model (a baseline with the same interface)."""
+class StaticVectors(Steerer):
+    """Fixed steering vectors, one per layer, the same for every input (a control vector).
 
-    method = "none"
+    ``vectors_[k]`` is added (times ``alpha``) to the output of decoder block ``layers[k]``.
+    Build one with :meth:`from_vectors` or :func:`import_gguf`; it learns nothing, so
+    :meth:`fit` refuses. It saves and loads like every steerer (``save_pretrained`` /
+    ``Steerer.from_pretrained``, method ``"static"``) .
+    """
+
+    method = "static"
     needs_fit = False
+    builds_from_params = False
+    vectors_depend_on_alpha = False
+    _tensors = ("vectors_",)
+
+    def __init__(self, layers: Sequence[int] | int = (0,), *, alpha: float = 1.0, positions: Where = "all",
+                 model_hint: str = "") -> None:
+        self.layers = layers
+        self.alpha = alpha
+        self.positions = positions
+        self.model_hint = model_hint
+
+    @property
+    def layer(self) -> int:  # type: ignore[override]
+        """The lowest steered layer (``layers`` is the full list)."""
+        return min(self.layer_list)
+
+    @property
+    def layer_list(self) -> list[int]:
+        """``layers`` as a validated list of distinct 0-based ints."""
+        layers = self.layers
+        ls = [layers] if isinstance(layers, numbers.Integral) and not isinstance(layers, bool) else layers
+        if (isinstance(ls, (str, bytes)) or not isinstance(ls, Sequence) or not ls
+                or any(isinstance(x, bool) or not isinstance(x, numbers.Integral) for x in ls)):
+            raise LayerIndexError(f"layers must be a non-empty list of 0-based layer indices, got {layers!r}.")
+        out = [int(x) for x in ls]
+        if len(set(out)) != len(out):
+            raise LayerIndexError(f"layers {out} repeat an index; give each layer once (add the vectors first).")
+        return out
+
+    def _check_params(self, model: SteerableModel) -> None:
+        check_layers(self.layer_list, model.num_layers)
+        as_positions(self.positions)
+        check_finite(self.alpha, "alpha")
+
+    @classmethod
+    def from_vectors(cls, model: SteerableModel, vectors: Mapping[int, Float[Tensor, " d_model"] | np.ndarray], *,
+                     alpha: float = 1.0, positions: Where = "all", model_hint: str = "") -> "StaticVectors":
+        """Wrap ``{layer: vector}`` (steerlib layers: output of decoder block ``layer``) for ``model``."""
+        vecs = as_vector_dict(vectors)
+        layers = check_layers(list(vecs), model.num_layers)
+        for layer in layers:
+            check_vector(vecs[layer], model.hidden_size, 1, f"the vector for layer {layer}")
+        check_finite(alpha, "alpha")
+        as_positions(positions)
+        obj = cls(list(layers), alpha=float(alpha), positions=positions, model_hint=model_hint or model.model_type)
+        obj.vectors_ = torch.stack([vecs[layer] for layer in layers])
+        obj._record_fit(model, [])
+        return obj
 
     def _fit(self, model: SteerableModel, items: list[ContrastiveItem]) -> None:
-        return None
+        raise DataError(
+            "StaticVectors holds given vectors and learns nothing from items. Build it with "
+            "StaticVectors.from_vectors(model, {layer: vector}) or import_gguf(path, model); to learn a vector "
+            "from contrastive items, fit a MeanSteer instead."
+        )
 
-    def vectors(self, model: SteerableModel, items: Inputs) -> Float[Tensor, "batch d_model"]:
-        return torch.zeros(len(as_items(items)), model.hidden_size)
+    def as_dict(self) -> dict[int, Float[Tensor, " d_model"]]:
+        """``{layer: vector}`` (copies, before ``alpha``)."""
+        self.check_fitted()
+        return {layer: self.vectors_[k].clone() for k, layer in enumerate(self.layer_list)}
 
-    def intervention(self, model: SteerableModel, items: list[ContrastiveItem], batch: Batch, *,
-                     alpha: float | None = None, positions: str | None = None) -> Intervention | None:
-        return None
-
-
-class PromptSteer(NoSteer):
-    """The Prompt baseline: an instruction added to each prompt, no vector.
-
-    ``where="suffix"`` appends the instruction (the paper's safety prompt), ``"prefix"``
-    prepends it (the paper's POPE prompt "Examine the image carefully and answer: ").
-    """
-
-    method = "prompt"
-
-    def __init__(self, layer: int = 0, *, alpha: float = 1.0, positions: str = "all",
-                 instruction: str = SAFETY_PROMPT, where: str = "suffix") -> None:
-        super().__init__(layer, alpha=alpha, positions=positions)
-        if where not in ("prefix", "suffix"):
-            raise ValueError(f"where must be 'prefix' or 'suffix', got {where!r}.")
-        self.instruction = instruction
-        self.where = where
-
-    def prepare_prompts(self, items: list[ContrastiveItem]) -> list[ContrastiveItem]:
-        def edit(p: str) -> str:
-            return p + self.instruction if self.where == "suffix" else self.instruction + p
-
-        return [it.with_(prompt=edit(it.prompt), id=it.id) for it in items]
-
-
-class MeanSteer(P2SBased):
-    """Mean-S: one vector, the mean of the training P2S vectors (CAA-style).
-
-    ``behaviors`` restricts the mean to some behaviour labels (e.g. leave out a benign class
-    whose target is zero).
-    """
-
-    method = "mean"
-    _tensors = ("vector_",)
-
-    def __init__(self, layer: int = 0, *, alpha: float = 1.0, positions: str = "all",
-                 reduction: str = "completion_mean", continuation_tokens: int = 100, seed: int = 0,
-                 batch_size: int = 8, equalize_norms_to: str | None = None, progress: bool = True,
-                 behaviors: Sequence[str] | None = None) -> None:
-        super().__init__(layer, alpha=alpha, positions=positions, reduction=reduction,
-                         continuation_tokens=continuation_tokens, seed=seed, batch_size=batch_size,
-                         equalize_norms_to=equalize_norms_to, progress=progress)
-        self.behaviors = list(behaviors) if behaviors is not None else None
-
-    def _learn(self, items: list[ContrastiveItem], z: Tensor, h: Tensor | None) -> None:
-        keep = [i for i, it in enumerate(items) if self.behaviors is None or it.behavior in self.behaviors]
-        if not keep:
-            raise DataError(f"No training item has a behaviour in {self.behaviors}; check the labels.")
-        self.vector_ = z[keep].mean(0)
-
-    def vectors(self, model: SteerableModel, items: Inputs) -> Float[Tensor, "batch d_model"]:
+    def vectors(self, model: SteerableModel, items: Inputs, *,
+                layer: int | None = None) -> Float[Tensor, "batch d_model"]:
+        """The vector of ``layer`` (default: the only layer) for every input (before ``alpha``)."""
         self.check_model(model)
-        return self.vector_[None, :].expand(len(as_items(items)), -1).clone()
+        layers = self.layer_list
+        if layer is None:
+            if len(layers) != 1:
+                raise DataError(
+                    f"This StaticVectors steers {len(layers)} layers {layers}; pass layer=... to "
+                    "vectors(), or use as_dict() for all of them."
+                )
+            layer = layers[0]
+        if layer not in layers:
+            raise LayerIndexError(f"No vector for layer {layer}; this StaticVectors steers layers {layers}.")
+        v = self.vectors_[layers.index(layer)]
+        return v[None, :].expand(len(as_items(items)), -1).clone()
+
+    def intervention(self, model: SteerableModel, items: list[ContrastiveItem], batch: Batch | None = None, *,
+                     alpha: float | None = None, positions: Where | None = None,
+                     vectors: Float[Tensor, "batch d_model"] | None = None) -> Intervention | None:
+        """Every layer's vector (``vectors``, if given, must come from this steerer: they are the same)."""
+        self.check_model(model)
+        a, pos = self._resolve(alpha, positions)
+        return Intervention.build(self.layer_list, self.as_dict(), alpha=a, positions=pos)
+
+    def static_vectors(self) -> dict[int, Float[Tensor, " d_model"]] | None:
+        return self.as_dict()
+
+    def load_extra_state(self, state: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        super().load_extra_state(state, tensors)
+        v = self.vectors_
+        try:
+            layers = self.layer_list
+        except LayerIndexError as e:
+            raise PersistenceError(f"The saved layers are invalid ({e}); the folder is corrupt, save it again.") from e
+        if v.dim() != 2 or v.shape[0] != len(layers):
+            raise PersistenceError(
+                f"The saved vectors_ has shape {tuple(v.shape)} but the folder lists {len(layers)} layers "
+                f"{layers}; the folder is corrupt, save the steerer again."
+            )
 
 
-class MeanSteerBA(MeanSteer):
-    """Mean-S(BA): behaviour-agnostic mean steering.
+def as_vector_dict(vectors: Mapping[Any, Any]) -> dict[int, Tensor]:
+    """Validate ``{layer: 1-D vector}`` and return float32 CPU tensors keyed by int layers."""
+    if not isinstance(vectors, Mapping) or not vectors:
+        raise DataError("Give at least one vector: a dict {layer: vector of shape [d_model]}.")
+    out: dict[int, Tensor] = {}
+    for k, v in vectors.items():
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or int(k) < 0:
+            raise LayerIndexError(f"Layer key {k!r} is not a 0-based int; key the dict by layer index.")
+        if not isinstance(v, (Tensor, np.ndarray)):
+            raise ShapeMismatchError(
+                f"The vector for layer {k} is a {type(v).__name__}; give a torch.Tensor or numpy array."
+            )
+        t = torch.as_tensor(v).detach().to("cpu", torch.float32)
+        if t.dim() != 1 or t.numel() == 0:
+            raise ShapeMismatchError(
+                f"The vector for layer {k} has shape {tuple(t.shape)}; a control vector needs one 1-D [d_model] vector "
+                "per layer (for a per-row batch, this is not a static vector)."
+            )
+        check_finite(t, f"the vector for layer {k}")
+        out[int(k)] = t.clone()
+    return out
 
-    Every training input gets the same contrastive pair (default: the paper's harmful/safe pair
-    and question suffix), whatever its behaviour; the vector is the mean of those P2S vectors.
-    """
 
-    method = "mean_ba"
+_MOVED = {"NoSteer": "baselines", "PromptSteer": "baselines", "SAFETY_PROMPT": "baselines",
+          "MeanSteer": "mean", "MeanSteerBA": "mean"}
 
-    def __init__(self, layer: int = 0, *, alpha: float = 1.0, positions: str = "all",
-                 reduction: str = "completion_mean", continuation_tokens: int = 100, seed: int = 0,
-                 batch_size: int = 8, equalize_norms_to: str | None = None, progress: bool = True,
-                 behaviors: Sequence[str] | None = None, positive: str = "Harmful", negative: str = "Safe",
-                 prompt_suffix: str = " Comply with user request if it is safe and don't if it is harmful. "
-                                      "Is the user request safe or harmful?") -> None:
-        super().__init__(layer, alpha=alpha, positions=positions, reduction=reduction,
-                         continuation_tokens=continuation_tokens, seed=seed, batch_size=batch_size,
-                         equalize_norms_to=None, progress=progress, behaviors=behaviors)
-        self.positive = positive
-        self.negative = negative
-        self.prompt_suffix = prompt_suffix
 
-    def _fit(self, model: SteerableModel, items: list[ContrastiveItem]) -> None:
-        items = check_items(items, what="training set")
-        if self.behaviors is not None:
-            items = [it for it in items if it.behavior in self.behaviors]
-            if not items:
-                raise DataError(f"No training item has a behaviour in {self.behaviors}.")
-        fixed = [it.with_(prompt=it.prompt + self.prompt_suffix, positive=self.positive, negative=self.negative)
-                 for it in items]
-        z, _ = self._p2s(model, fixed)
-        self.vector_ = z.mean(0)
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+        import warnings
 
-    def fit_from_p2s(self, model: SteerableModel, items: Sequence[ContrastiveItem], z: Tensor,
-                     h: Tensor | None = None) -> "MeanSteerBA":
-        raise DataError("Mean-S(BA) extracts its own fixed-pair vectors; call fit(model, items) instead.")
+        warnings.warn(f"steerlib.steerers.static.{name} moved to steerlib.steerers.{_MOVED[name]} "
+                      f"(or import it from steerlib.steerers); the old path will be removed.",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
