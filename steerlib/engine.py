@@ -1,104 +1,43 @@
 """The engine: read hidden states and add steering vectors through nnsight.
 
 :class:`SteerableModel` wraps a Hugging Face model, its processor (or tokenizer) and its
-adapter. It never mutates the model: interventions exist only inside an nnsight trace.
+adapter. It never mutates the model: interventions exist only inside an nnsight trace (or, with
+``backend="hooks"``, inside forward hooks registered for one call and removed after it).
 Layer ``i`` is the output of decoder block ``i`` (HF ``hidden_states[i + 1]``).
+
+Every entry point (:meth:`SteerableModel.read`, ``read_many``, ``forward``, ``generate``) asks
+one function, :func:`_plan`, which layers its pass visits and whether a predictor needs a pass
+of its own first; a backend object then runs the pass, and :func:`_edit` does each layer's work.
+Encoding (chat templates, :class:`Batch`) lives in :mod:`steerlib.encoding`.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, get_args
 
 import nnsight
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from .adapters import DEFAULT_REGISTRY, Adapter, AdapterRegistry
 from .adapters.base import probe_layer_output, resolve_path
-from .data.items import ImageLike, load_image
-from .errors import AdapterValidationError, InputError, PositionError, ShapeMismatchError
+from .data.items import ImageLike
+from .encoding import Batch, ChatEncoder
+from .errors import AdapterValidationError, InputError, PositionError
 from .intervention import Intervention, check_layers
+from .positions import READ_REDUCTIONS, TOKEN_POSITIONS, Reduce, as_reduce
 
-READ_REDUCTIONS = ("last_prompt", "last_prompt_no_gen", "last", "completion_mean", "prompt_mean", "all")
-BACKENDS = ("nnsight", "hooks")
+__all__ = ["BACKENDS", "READ_REDUCTIONS", "BackendName", "Batch", "Generation", "Plan", "SteerableModel"]
 
-
-@dataclass
-class Batch:
-    """An encoded, left-padded batch plus the bookkeeping positions need.
-
-    ``completion_len`` counts the tokens after the prompt (a teacher-forced completion and, with
-    ``close_turn``, the template's end-of-turn trailer); ``trailer_len`` counts the trailer alone;
-    ``gen_prompt_len`` counts the chat template's generation-prompt tokens (-1 when unknown).
-    """
-
-    inputs: dict[str, Tensor]
-    image_mask: Bool[Tensor, "batch seq"]
-    completion_len: Int[Tensor, " batch"]
-    trailer_len: Int[Tensor, " batch"]
-    gen_prompt_len: Int[Tensor, " batch"]
-    texts: list[str] = field(default_factory=list)
-
-    @property
-    def input_ids(self) -> Int[Tensor, "batch seq"]:
-        return self.inputs["input_ids"]
-
-    @property
-    def attention_mask(self) -> Int[Tensor, "batch seq"]:
-        return self.inputs["attention_mask"]
-
-    @property
-    def size(self) -> int:
-        return int(self.input_ids.shape[0])
-
-    @property
-    def seq_len(self) -> int:
-        return int(self.input_ids.shape[1])
-
-    @property
-    def last_prompt_index(self) -> Int[Tensor, " batch"]:
-        """Index of each row's last prompt token (left padding puts prompts flush right)."""
-        return self.seq_len - 1 - self.completion_len
-
-    @property
-    def last_prompt_no_gen_index(self) -> Int[Tensor, " batch"]:
-        """Index of the last token before the generation prompt (the paper's safety L2S input)."""
-        if (self.gen_prompt_len < 0).any():
-            raise PositionError(
-                "This chat template's prompt without the generation prompt is not a prefix of the prompt with it, "
-                "so 'last_prompt_no_gen' is undefined; use 'last_prompt'."
-            )
-        return self.last_prompt_index - self.gen_prompt_len
-
-    def completion_mask(self) -> Bool[Tensor, "batch seq"]:
-        """The forced completion tokens (without the template's trailer)."""
-        idx = torch.arange(self.seq_len)[None, :]
-        start = self.last_prompt_index[:, None]
-        end = (self.seq_len - 1 - self.trailer_len)[:, None]
-        return (idx > start) & (idx <= end)
-
-    def prompt_mask(self) -> Bool[Tensor, "batch seq"]:
-        idx = torch.arange(self.seq_len)[None, :]
-        return self.attention_mask.bool() & (idx <= self.last_prompt_index[:, None])
-
-    def select(self, rows: Sequence[int]) -> "Batch":
-        """A sub-batch (text-only inputs; VLM pixel tensors are not sliceable in general)."""
-        keys = {k for k, v in self.inputs.items() if isinstance(v, Tensor) and v.shape[:1] != self.input_ids.shape[:1]}
-        if keys or any(k.startswith("pixel") for k in self.inputs):
-            raise InputError("Cannot slice a batch holding image inputs; encode the rows you need instead.")
-        idx = torch.as_tensor(list(rows))
-        inputs = {k: v[idx] for k, v in self.inputs.items()}
-        # drop all-pad columns on the left so the sub-batch matches a fresh encoding
-        keep = int(inputs["attention_mask"].sum(1).max())
-        cut = self.seq_len - keep
-        inputs = {k: (v[:, cut:] if v.dim() >= 2 and v.shape[1] == self.seq_len else v) for k, v in inputs.items()}
-        return Batch(inputs=inputs, image_mask=self.image_mask[idx][:, cut:], completion_len=self.completion_len[idx],
-                     trailer_len=self.trailer_len[idx], gen_prompt_len=self.gen_prompt_len[idx],
-                     texts=[self.texts[i] for i in rows] if self.texts else [])
+BackendName = Literal["nnsight", "hooks"]
+"""How :meth:`SteerableModel.forward` and :meth:`SteerableModel.generate` apply interventions."""
+BACKENDS: tuple[BackendName, ...] = get_args(BackendName)
+Read = Callable[[int, Tensor], Any]
+"""A callback given each visited layer's (steered) state: ``read(layer, h)``."""
 
 
 @dataclass
@@ -116,6 +55,132 @@ class Generation:
         return self.sequences[:, self.prompt_len:]
 
 
+# ---------------------------------------------------------------------- planning ----
+@dataclass(frozen=True)
+class Plan:
+    """What one pass does, worked out once for every entry point by :func:`_plan`.
+
+    Attributes:
+        order: the layers the pass visits, increasing (an nnsight trace must visit layers in the
+            order the model runs them): the steered layers, the read or collected layers and, when
+            the prediction happens inside the pass, the predictor's source layer.
+        needs_prefill: the predictor reads a layer above a steered one, so its vectors come from
+            one extra, unsteered prompt pass before the steered pass (and ``order`` leaves the
+            source layer out: the steered pass no longer predicts).
+    """
+
+    order: tuple[int, ...]
+    needs_prefill: bool = False
+
+
+def _plan(iv: Intervention | None, reads: Iterable[int] = ()) -> Plan:
+    """The layer-visit order and the extra-prefill decision for a (validated) intervention plus
+    the layers ``reads`` whose states are read or collected."""
+    needs_prefill = iv is not None and iv.needs_extra_prefill
+    layers = set(reads)
+    if iv is not None:
+        layers |= set(iv.layers)
+        if iv.predictor is not None and not needs_prefill:
+            assert iv.source_layer is not None
+            layers.add(iv.source_layer)
+    return Plan(order=tuple(sorted(layers)), needs_prefill=needs_prefill)
+
+
+# ---------------------------------------------------------------------- backends ----
+class Backend(Protocol):
+    """Runs one model call (a forward or a ``generate``) with an intervention applied."""
+
+    name: BackendName
+
+    def run(self, call: Callable[..., Any], kwargs: dict[str, Any], iv: Intervention | None,
+            order: Sequence[int], batch: Batch, *, read: Read | None = None, steps: int | None = None) -> Any:
+        """Return ``call(**kwargs)``, visiting ``order`` on each forward (``steps=None``: one forward;
+        ``steps=N``: a generation of ``N`` forwards, the prefill then ``N - 1`` decode steps)."""
+        ...
+
+
+class _NnsightBackend:
+    """Interventions inside an nnsight trace: the default backend, and what every read uses."""
+
+    name: BackendName = "nnsight"
+
+    def __init__(self, model: nn.Module, layers_path: str) -> None:
+        self.traced = nnsight.NNsight(model)
+        self._envoys = resolve_path(self.traced, layers_path)
+
+    def run(self, call: Callable[..., Any], kwargs: dict[str, Any], iv: Intervention | None,
+            order: Sequence[int], batch: Batch, *, read: Read | None = None, steps: int | None = None) -> Any:
+        box: dict[str, Any] = {}
+
+        def fn(**kw: Any) -> Any:
+            box["out"] = call(**kw)
+            return box["out"]
+
+        if steps is None:
+            with self.traced.trace(**kwargs, fn=fn):
+                self.visit(0, iv, order, batch, read, {})
+            return box["out"]
+        with warnings.catch_warnings():
+            # an early EOS ends the bounded loop before max_new_tokens; that is expected here
+            warnings.filterwarnings("ignore", message=".*was never reached.*")
+            with self.traced.trace(**kwargs, fn=fn) as tracer:
+                memo: dict[str, Tensor] = {}
+                for step in tracer.iter[:steps]:
+                    self.visit(step, iv, order, batch, read, memo)
+        return box["out"]
+
+    def read(self, inputs: dict[str, Tensor], iv: Intervention | None, order: Sequence[int], batch: Batch,
+             read: Read) -> None:
+        """One forward that stops after the last layer in ``order`` (nothing above it is needed)."""
+        with self.traced.trace(**inputs) as tracer:
+            self.visit(0, iv, order, batch, read, {})
+            tracer.stop()
+
+    def visit(self, step: int, iv: Intervention | None, order: Sequence[int], batch: Batch,
+              read: Read | None, memo: dict[str, Tensor]) -> None:
+        """Body of one forward inside a trace: visit layers in order, predict, steer, record.
+
+        Runs inside an nnsight trace with real tensors (nnsight 0.8 executes the body eagerly
+        in step with the model), so plain Python control flow is fine here.
+        """
+        for layer in order:
+            env = self._envoys[layer]
+            out = env.output
+            h = _edit(step, layer, _hidden(out), iv, batch, read, memo)
+            if h is not None:
+                env.output = _replace(out, h)
+
+
+class _HooksBackend:
+    """Plain PyTorch forward hooks doing what the trace body does, registered for one call and
+    removed after it (same arithmetic, tested equal, a little less overhead per step)."""
+
+    name: BackendName = "hooks"
+
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
+        self._layers = layers
+
+    def run(self, call: Callable[..., Any], kwargs: dict[str, Any], iv: Intervention | None,
+            order: Sequence[int], batch: Batch, *, read: Read | None = None, steps: int | None = None) -> Any:
+        memo: dict[str, Tensor] = {}
+        calls = dict.fromkeys(order, 0)  # the step of a layer's forward is how often it ran before
+
+        def hook(layer: int) -> Callable[..., Any]:
+            def edit(_m: nn.Module, _inp: Any, out: Any) -> Any:
+                step = calls[layer]
+                calls[layer] += 1
+                h = _edit(step, layer, _hidden(out), iv, batch, read, memo)
+                return None if h is None else _replace(out, h)
+            return edit
+
+        handles = [self._layers[layer].register_forward_hook(hook(layer)) for layer in order]
+        try:
+            return call(**kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
 def _hidden(out: Any) -> Tensor:
     return out[0] if isinstance(out, tuple) else out
 
@@ -124,6 +189,7 @@ def _replace(out: Any, h: Tensor) -> Any:
     return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
 
 
+# ------------------------------------------------------------------------ engine ----
 class SteerableModel:
     """A Hugging Face model made steerable.
 
@@ -142,12 +208,12 @@ class SteerableModel:
 
     def __init__(self, model: nn.Module, processor: Any, *, adapter: Adapter | None = None,
                  registry: AdapterRegistry | None = None, system_prompt: str | None = None,
-                 validate: bool = True, backend: str = "nnsight") -> None:
+                 validate: bool = True, backend: BackendName = "nnsight") -> None:
         if processor is None:
             raise InputError("SteerableModel needs the model's processor (VLMs) or tokenizer (text models).")
         if backend not in BACKENDS:
             raise InputError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
-        self.backend = backend
+        self.backend: BackendName = backend
         self.model = model
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", None) or processor
@@ -156,9 +222,10 @@ class SteerableModel:
         self.num_layers = self.adapter.num_layers(model)
         self.hidden_size = self.adapter.hidden_size(model)
         self.image_token_ids = self.adapter.image_token_ids(model, processor)
-        self._nn = nnsight.NNsight(model)
-        self._envoys = resolve_path(self._nn, self.adapter.layers_path)
-        self.output_is_tuple = False
+        self._encoder = ChatEncoder(self.adapter, processor, tuple(self.image_token_ids), type(model).__name__)
+        self._tracer = _NnsightBackend(model, self.adapter.layers_path)  # reads always trace
+        self._backend: Backend = (self._tracer if backend == "nnsight"
+                                  else _HooksBackend(self.adapter.layers(model)))
         if validate:
             self._validate()
 
@@ -183,6 +250,7 @@ class SteerableModel:
         return (f"SteerableModel({type(self.model).__name__}, family={self.adapter.family!r}, "
                 f"layers={self.num_layers}, hidden={self.hidden_size})")
 
+
     def _validate(self) -> None:
         cfg_layers = getattr(self.model.config.get_text_config(), "num_hidden_layers", None)
         if cfg_layers is not None and cfg_layers != self.num_layers:
@@ -191,13 +259,12 @@ class SteerableModel:
                 f"but the config says {cfg_layers}; the layers_path points at the wrong stack."
             )
         enc = self.encode(["Hi"])
-        is_tuple, width = probe_layer_output(self.model, self.adapter.layers(self.model), self._model_inputs(enc))
+        _, width = probe_layer_output(self.model, self.adapter.layers(self.model), self._model_inputs(enc))
         if width != self.hidden_size:
             raise AdapterValidationError(
                 f"Layer outputs are {width} wide but the config's hidden size is {self.hidden_size}; "
                 f"{self.adapter.layers_path!r} is not the residual stream of the language decoder."
             )
-        self.output_is_tuple = is_tuple
 
     # ------------------------------------------------------------------ encoding ----
     def encode(
@@ -215,104 +282,18 @@ class SteerableModel:
         ``images[i]`` is the list of images of prompt ``i``. ``completions[i]`` is teacher-forced
         as the start of the assistant turn (``close_turn=True`` closes the turn as the template
         does). Raises :class:`InputError` for images given to a text-only model or a VLM prompt
-        without its image.
+        without its image. See :class:`steerlib.encoding.ChatEncoder`.
         """
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise InputError("No prompt given: pass a non-empty list of prompts.")
-        n = len(prompts)
-        if images is not None and len(images) != n:
-            raise ShapeMismatchError(f"{len(images)} image lists for {n} prompts; give one list (maybe empty) per prompt.")
-        if completions is not None and len(completions) != n:
-            raise ShapeMismatchError(f"{len(completions)} completions for {n} prompts; give one per prompt.")
-        imgs = [list(r) if r is not None else [] for r in (images or [[] for _ in prompts])]
-        if any(imgs) and not self.adapter.is_vlm:
-            raise InputError(
-                f"Images were given, but {type(self.model).__name__} ({self.adapter.family}) is a text-only model. "
-                "Drop the images or load a vision-language model."
-            )
-        if any(imgs) and not all(len(r) == len(imgs[0]) for r in imgs):
-            raise InputError("Every prompt in a batch must have the same number of images; batch them separately.")
-        system = system if system is not None else self.system_prompt
-        tok = self.tokenizer
-        texts, comp_len, trail_len, gp_len = [], [], [], []
-        for i, p in enumerate(prompts):
-            c = completions[i] if completions is not None else None
-            k = len(imgs[i])
-            base = self.adapter.render(self.processor, p, k, system=system, add_generation_prompt=add_generation_prompt or c is not None)
-            text = base if c is None else self.adapter.render(self.processor, p, k, system=system, completion=c,
-                                                              close_turn=close_turn)
-            nb = _count(tok, base)
-            comp_len.append(_count(tok, text) - nb if c is not None else 0)
-            if c is not None and close_turn:
-                opened = self.adapter.render(self.processor, p, k, system=system, completion=c)
-                if not text.startswith(opened):
-                    raise InputError(f"The {self.adapter.family} template renders the open and the closed assistant "
-                                     "turn differently; use close_turn=False.")
-                trail_len.append(_count(tok, text) - _count(tok, opened))
-            else:
-                trail_len.append(0)
-            bare = self.adapter.render(self.processor, p, k, system=system, add_generation_prompt=False)
-            gp_len.append(nb - _count(tok, bare) if base.startswith(bare) else -1)
-            texts.append(text)
-        inputs = self._tokenize(texts, imgs)
-        ids = inputs["input_ids"]
-        if completions is not None:  # a processor may append tokens after the text (PaliGemma's "\n")
-            extra = torch.tensor([_appended_tokens(tok, texts[i], ids[i]) for i in range(n)])
-            comp_len = [c + int(e) if c else c for c, e in zip(comp_len, extra)]
-            trail_len = [t + int(e) if c else t for c, t, e in zip(comp_len, trail_len, extra)]
-        if self.image_token_ids:
-            image_mask = torch.isin(ids, torch.tensor(self.image_token_ids, device=ids.device))
-        else:
-            image_mask = torch.zeros_like(ids, dtype=torch.bool)
-        if self.adapter.is_vlm:
-            for i in range(n):
-                has = bool(image_mask[i].any())
-                if imgs[i] and not has and self.image_token_ids:
-                    raise InputError(f"Prompt {i} was given an image but its encoding has no image tokens; "
-                                     "check the chat template or image placeholder.")
-                if has and not imgs[i]:
-                    raise InputError(f"Prompt {i} contains an image placeholder but no image was given; "
-                                     "pass its image (images=[[img], ...]) or remove the placeholder.")
-        return Batch(inputs=inputs, image_mask=image_mask.cpu(), completion_len=torch.tensor(comp_len),
-                     trailer_len=torch.tensor(trail_len), gen_prompt_len=torch.tensor(gp_len), texts=texts)
+        return self._encoder.encode(prompts, images, completions=completions, close_turn=close_turn,
+                                    add_generation_prompt=add_generation_prompt,
+                                    system=system if system is not None else self.system_prompt)
 
     def prompt_lengths(self, prompts: Sequence[str], n_images: Sequence[int] | None = None, *,
                        system: str | None = None) -> list[int]:
         """Text tokens of each prompt as :meth:`encode` renders it (chat template and generation
         prompt; an image counts as its placeholder only). For sorting rows into batches."""
-        system = system if system is not None else self.system_prompt
-        # a text-only model given images: counted without them; encode() reports the mistake
-        counts = list(n_images) if n_images is not None and self.adapter.is_vlm else [0] * len(prompts)
-        return [_count(self.tokenizer, self.adapter.render(self.processor, p, k, system=system,
-                                                           add_generation_prompt=True))
-                for p, k in zip(prompts, counts, strict=True)]
-
-    def _tokenize(self, texts: list[str], imgs: list[list[ImageLike]]) -> dict[str, Tensor]:
-        tok = self.tokenizer
-        bos = getattr(tok, "bos_token", None)
-        add_special = not (bos and all(t.startswith(bos) for t in texts))
-        if self.processor is tok or not any(imgs):
-            # text: encode rows one by one and left-pad ourselves (no need for a pad token)
-            rows = [tok(t, add_special_tokens=add_special)["input_ids"] for t in texts]
-            pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, r in enumerate(rows):
-                if r:
-                    ids[i, width - len(r):] = torch.tensor(r)
-                    mask[i, width - len(r):] = 1
-            return {"input_ids": ids, "attention_mask": mask}
-        kwargs: dict[str, Any] = dict(text=texts, return_tensors="pt", padding=True, padding_side="left",
-                                      add_special_tokens=add_special)
-        if any(imgs):
-            kwargs["images"] = self.adapter.format_images([[load_image(im) for im in row] for row in imgs])
-        enc = self.processor(**kwargs)
-        out = {k: v for k, v in enc.items() if k not in self.adapter.drop_keys and isinstance(v, Tensor)}
-        if (out["attention_mask"][:, -1] == 0).any():
-            raise InputError("The processor padded on the right; steerlib needs left padding for generation.")
-        return out
+        return self._encoder.prompt_lengths(prompts, n_images,
+                                            system=system if system is not None else self.system_prompt)
 
     def _model_inputs(self, batch: Batch) -> dict[str, Tensor]:
         inputs = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.inputs.items()}
@@ -329,41 +310,45 @@ class SteerableModel:
         inputs.pop("position_ids", None)  # generate derives them from the attention mask
         return inputs
 
+
     # ------------------------------------------------------------------ reading -----
     def read(
         self,
         batch: Batch,
         layers: int | Sequence[int],
-        reduce: str = "last_prompt",
+        reduce: Reduce = "last_prompt",
         intervention: Intervention | None = None,
     ) -> dict[int, Tensor]:
         """Hidden states at ``layers`` for a batch, reduced over positions.
 
-        ``reduce``: ``last_prompt`` (the last prompt token), ``last_prompt_no_gen`` (the last token
-        before the generation prompt), ``last`` (the last token, e.g. a closed forced turn),
-        ``completion_mean`` (mean over the forced completion), ``prompt_mean`` (mean over real
-        prompt tokens) -> ``[batch, d_model]``; ``all`` -> ``[batch, seq, d_model]``.
+        ``reduce`` (a :data:`~steerlib.positions.Reduce`): ``last_prompt`` (the last prompt token),
+        ``last_prompt_no_gen`` (the last token before the generation prompt), ``last_token`` (the
+        very last token, e.g. a closed forced turn), ``completion_mean`` (mean over the forced
+        completion), ``prompt_mean`` (mean over real prompt tokens) -> ``[batch, d_model]``;
+        ``per_token`` (no reduction, pads included) -> ``[batch, seq, d_model]``. The old spellings
+        ``last`` and ``all`` still work, with a :class:`DeprecationWarning`.
         An optional ``intervention`` steers the same pass (states are read after steering).
         """
         layers_t = check_layers(layers, self.num_layers)
-        got = self.read_many(batch, [(layer, reduce) for layer in layers_t], intervention=intervention)
-        return {layer: got[(layer, reduce)] for layer in layers_t}
+        red = as_reduce(reduce)
+        got = self.read_many(batch, [(layer, red) for layer in layers_t], intervention=intervention)
+        return {layer: got[(layer, red)] for layer in layers_t}
 
     def read_many(
         self,
         batch: Batch,
-        requests: Sequence[tuple[int, str]],
+        requests: Sequence[tuple[int, Reduce]],
         intervention: Intervention | None = None,
     ) -> dict[tuple[int, str], Tensor]:
-        """Several ``(layer, reduce)`` reads from one forward pass (see :meth:`read`)."""
+        """Several ``(layer, reduce)`` reads from one forward pass (see :meth:`read`); the result is
+        keyed by the requests as given."""
         reducers: dict[tuple[int, str], Callable[[Tensor], Tensor]] = {}
         for layer, reduce in requests:
-            if reduce not in READ_REDUCTIONS:
-                raise PositionError(f"Unknown reduction {reduce!r}; use one of {', '.join(READ_REDUCTIONS)}.")
+            red = as_reduce(reduce)
             check_layers(layer, self.num_layers)
-            if reduce == "completion_mean" and bool((batch.completion_len - batch.trailer_len <= 0).any()):
+            if red == "completion_mean" and bool((batch.completion_len - batch.trailer_len <= 0).any()):
                 raise PositionError("completion_mean needs a teacher-forced completion in every row; encode with completions=.")
-            reducers[(layer, reduce)] = self._reducer(batch, reduce)
+            reducers[(layer, reduce)] = self._reducer(batch, red)
         out: dict[tuple[int, str], Tensor] = {}
 
         def record(layer: int, h: Tensor) -> None:
@@ -371,20 +356,16 @@ class SteerableModel:
                 if lay == layer:
                     out[(lay, red)] = fn(h)
 
-        iv = self._prepare(batch, intervention) if intervention is not None else None
-        order = sorted({lay for lay, _ in reducers} | set(iv.layers if iv else ()))
-        with torch.no_grad(), self._nn.trace(**self._model_inputs(batch)) as tracer:
-            self._step(0, iv, order, batch, read=record)
-            tracer.stop()  # nothing above the highest read layer is needed
+        iv, plan = self._planned(batch, self._prepare(batch, intervention), reads={lay for lay, _ in reducers})
+        with torch.no_grad():
+            self._tracer.read(self._model_inputs(batch), iv, plan.order, batch, record)
         return out
 
-    def _reducer(self, batch: Batch, reduce: str) -> Callable[[Tensor], Tensor]:
-        rows = torch.arange(batch.size)
-        if reduce in ("last_prompt", "last_prompt_no_gen", "last"):
-            idx = {"last_prompt": batch.last_prompt_index, "last": torch.full((batch.size,), batch.seq_len - 1),
-                   "last_prompt_no_gen": batch.last_prompt_no_gen_index if reduce == "last_prompt_no_gen" else None}[reduce]
+    def _reducer(self, batch: Batch, reduce: Reduce) -> Callable[[Tensor], Tensor]:
+        if reduce in TOKEN_POSITIONS:
+            rows, idx = torch.arange(batch.size), batch.index(reduce)  # type: ignore[arg-type]
             return lambda h: h[rows.to(h.device), idx.to(h.device)].detach().float().cpu()
-        if reduce == "all":
+        if reduce == "per_token":
             return lambda h: h.detach().float().cpu()
         mask = batch.completion_mask() if reduce == "completion_mean" else batch.prompt_mask()
 
@@ -397,21 +378,10 @@ class SteerableModel:
     # ------------------------------------------------------------------ steering ----
     def forward(self, batch: Batch, intervention: Intervention | None = None) -> Float[Tensor, "batch seq vocab"]:
         """One steered forward pass; returns the logits."""
-        iv = self._prepare(batch, intervention) if intervention is not None else None
-        box: dict[str, Any] = {}
-
-        def run(**kw: Any) -> Any:
-            box["out"] = self.model(**kw)
-            return box["out"]
-
-        if self.backend == "hooks":
-            with torch.no_grad():
-                self._hooked(lambda: run(**self._model_inputs(batch)), iv, list(iv.layers) if iv else [], batch)
-        else:
-            with torch.no_grad(), self._nn.trace(**self._model_inputs(batch), fn=run):
-                if iv is not None:
-                    self._step(0, iv, list(iv.layers), batch)
-        return box["out"].logits
+        iv, plan = self._planned(batch, self._prepare(batch, intervention))
+        with torch.no_grad():
+            out = self._run(self.model, self._model_inputs(batch), batch, iv, plan)
+        return out.logits
 
     def generate(
         self,
@@ -431,7 +401,7 @@ class SteerableModel:
         """
         if max_new_tokens < 1:
             raise InputError("max_new_tokens must be >= 1.")
-        iv = self._prepare(batch, intervention) if intervention is not None else None
+        iv = self._prepare(batch, intervention)
         collect_t = check_layers(list(collect), self.num_layers) if collect else ()
         kw = dict(max_new_tokens=max_new_tokens, do_sample=False, return_dict_in_generate=True)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
@@ -439,34 +409,16 @@ class SteerableModel:
             kw["pad_token_id"] = pad
         kw.update(generate_kwargs)
         kw["return_dict_in_generate"] = True
-        if iv is not None and iv.needs_extra_prefill:
-            vec = self._predict_extra_prefill(batch, iv)
-            iv = Intervention(layers=iv.layers, vectors=vec, alpha=iv.alpha, positions=iv.positions)
-        box: dict[str, Any] = {}
+        iv, plan = self._planned(batch, iv, reads=collect_t)
         states: dict[int, list[Tensor]] = {layer: [] for layer in collect_t}
 
-        def run(**inputs: Any) -> Any:
-            box["out"] = self.model.generate(**inputs)
-            return box["out"]
+        def record(layer: int, h: Tensor) -> None:
+            if layer in states:
+                states[layer].append(h.detach().float().cpu())
 
-        order = sorted(set(iv.layers if iv else ()) | set(collect_t) | ({iv.source_layer} if iv and iv.predictor else set()))
-        record = (lambda layer, h: states[layer].append(h.detach().float().cpu()) if layer in states else None)
-        if order and self.backend == "hooks":
-            with torch.no_grad():
-                self._hooked(lambda: run(**self._gen_inputs(batch), **kw), iv, order, batch,
-                             read=record if collect_t else None)
-        elif order:
-            with warnings.catch_warnings():
-                # an early EOS ends the bounded loop before max_new_tokens; that is expected here
-                warnings.filterwarnings("ignore", message=".*was never reached.*")
-                with torch.no_grad(), self._nn.trace(**self._gen_inputs(batch), fn=run, **kw) as tracer:
-                    memo: dict[str, Tensor] = {}
-                    for step in tracer.iter[:max_new_tokens]:
-                        self._step(step, iv, order, batch, read=record if collect_t else None, memo=memo)
-        else:
-            with torch.no_grad():
-                run(**self._gen_inputs(batch), **kw)
-        res = box["out"]
+        with torch.no_grad():
+            res = self._run(self.model.generate, {**self._gen_inputs(batch), **kw}, batch, iv, plan,
+                            read=record if collect_t else None, steps=max_new_tokens)
         seqs = res.sequences if hasattr(res, "sequences") else res
         texts = (self.tokenizer.batch_decode(seqs[:, batch.seq_len:], skip_special_tokens=True) if decode else [])
         logits = getattr(res, "logits", None)
@@ -475,7 +427,10 @@ class SteerableModel:
                           states=states if collect_t else None)
 
     # ------------------------------------------------------------------ internals ---
-    def _prepare(self, batch: Batch, iv: Intervention) -> Intervention:
+    def _prepare(self, batch: Batch, iv: Intervention | None) -> Intervention | None:
+        """Validate an intervention against this model and ``batch`` (None passes through)."""
+        if iv is None:
+            return None
         if not isinstance(iv, Intervention):
             raise TypeError(f"Expected an Intervention, got {type(iv).__name__}; build one with Intervention.build(...).")
         iv = iv.validate(self.num_layers, self.hidden_size, batch.size)
@@ -484,62 +439,46 @@ class SteerableModel:
                                 "prompts, or steer positions='text' or 'all'.")
         return iv
 
+    def _planned(self, batch: Batch, iv: Intervention | None,
+                 reads: Iterable[int] = ()) -> tuple[Intervention | None, Plan]:
+        """Plan the pass for a prepared ``iv`` (:func:`_plan`) and, when the plan needs it, run the
+        extra prefill: the predictor's vectors then come from an unsteered read of its source layer,
+        and the steered pass applies them as plain per-row vectors."""
+        plan = _plan(iv, reads)
+        if plan.needs_prefill:
+            assert iv is not None
+            iv = Intervention(layers=iv.layers, vectors=self._predict_extra_prefill(batch, iv), alpha=iv.alpha,
+                              positions=iv.positions)
+        return iv, plan
+
     def _predict_extra_prefill(self, batch: Batch, iv: Intervention) -> Tensor:
         assert iv.predictor is not None and iv.source_layer is not None
         h = self.read(batch, [iv.source_layer], reduce=iv.source_position)[iv.source_layer]
         return iv.predictor(h.to(self.device))
 
-    def _step(self, step: int, iv: Intervention | None, order: Sequence[int], batch: Batch,
-              read: Callable[[int, Tensor], Any] | None = None, memo: dict[str, Tensor] | None = None) -> None:
-        """Body of one forward inside a trace: visit layers in order, predict, steer, record.
-
-        Runs inside an nnsight trace with real tensors (nnsight 0.8 executes the body eagerly
-        in step with the model), so plain Python control flow is fine here.
-        """
-        memo = {} if memo is None else memo
-        for layer in order:
-            env = self._envoys[layer]
-            out = env.output
-            h = _edit(step, layer, _hidden(out), iv, batch, read, memo)
-            if h is not None:
-                env.output = _replace(out, h)
-
-    def _hooked(self, fn: Callable[[], Any], iv: Intervention | None, order: Sequence[int], batch: Batch,
-                read: Callable[[int, Tensor], Any] | None = None) -> Any:
-        """Run ``fn`` with forward hooks doing what :meth:`_step` does in a trace; hooks are removed after."""
-        modules = self.adapter.layers(self.model)
-        memo: dict[str, Tensor] = {}
-        calls = dict.fromkeys(order, 0)
-
-        def hook(layer: int) -> Callable[..., Any]:
-            def edit(_m: nn.Module, _inp: Any, out: Any) -> Any:
-                step = calls[layer]
-                calls[layer] += 1
-                h = _edit(step, layer, _hidden(out), iv, batch, read, memo)
-                return None if h is None else _replace(out, h)
-            return edit
-
-        handles = [modules[layer].register_forward_hook(hook(layer)) for layer in order]
-        try:
-            return fn()
-        finally:
-            for handle in handles:
-                handle.remove()
+    def _run(self, call: Callable[..., Any], kwargs: dict[str, Any], batch: Batch, iv: Intervention | None,
+             plan: Plan, *, read: Read | None = None, steps: int | None = None) -> Any:
+        """``call(**kwargs)`` through the backend, or as is when the plan visits no layer."""
+        if not plan.order:
+            return call(**kwargs)
+        return self._backend.run(call, kwargs, iv, plan.order, batch, read=read, steps=steps)
 
 
 
 def _edit(step: int, layer: int, h: Tensor, iv: Intervention | None, batch: Batch,
-          read: Callable[[int, Tensor], Any] | None, memo: dict[str, Tensor]) -> Tensor | None:
+          read: Read | None, memo: dict[str, Tensor]) -> Tensor | None:
     """One layer's work on one forward: predict (L2S, first pass), steer, record.
 
     Returns the new hidden state, or None when this layer is left as it is. Shared by the nnsight
-    trace and the forward-hook backend, so both do the same arithmetic.
+    trace and the forward-hook backend, so both do the same arithmetic. The predictor reads the
+    source layer's state before that layer is steered, so a prediction in the pass sees what an
+    unsteered pass would (every layer below is unsteered: :func:`_plan` only predicts in the pass
+    when the source layer is at or below every steered layer).
     """
     new = None
     if iv is not None and iv.predictor is not None and layer == iv.source_layer and step == 0:
         rows = torch.arange(batch.size, device=h.device)
-        pos = batch.last_prompt_index if iv.source_position == "last_prompt" else batch.last_prompt_no_gen_index
-        memo["predicted"] = iv.predictor(h[rows, pos.to(h.device)])
+        memo["predicted"] = iv.predictor(h[rows, batch.index(iv.source_position).to(h.device)])
     if iv is not None and layer in iv.layers:
         v = memo["predicted"] if iv.predictor is not None else iv.vector_for(layer)
         v = v.to(h.device, h.dtype)
@@ -552,18 +491,3 @@ def _edit(step: int, layer: int, h: Tensor, iv: Intervention | None, batch: Batc
     if read is not None:
         read(layer, h)
     return new
-
-
-def _count(tok: Any, text: str) -> int:
-    return len(tok(text, add_special_tokens=False)["input_ids"])
-
-
-def _appended_tokens(tok: Any, text: str, row_ids: Tensor) -> int:
-    """How many tokens the processor put after the rendered text's own last tokens (0 usually)."""
-    tail = tok(text, add_special_tokens=False)["input_ids"][-3:]
-    row = row_ids.tolist()
-    for extra in range(0, 4):
-        end = len(row) - extra
-        if end >= len(tail) and row[end - len(tail):end] == tail:
-            return extra
-    return 0

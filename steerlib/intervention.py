@@ -13,11 +13,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .errors import LayerIndexError, NonFiniteError, PositionError, ShapeMismatchError
-from .positions import Positions, PositionsLike, as_positions
+from .positions import SOURCE_POSITIONS, Positions, PositionsLike, SourcePosition, as_positions
 
 VectorLike = Union[Float[Tensor, "batch d_model"], Float[Tensor, " d_model"]]
 Predictor = Callable[[Float[Tensor, "batch d_model"]], Float[Tensor, "batch d_model"]]
-SOURCE_POSITIONS = ("last_prompt", "last_prompt_no_gen")
 
 
 def check_layers(layers: int | Sequence[int], num_layers: int) -> tuple[int, ...]:
@@ -79,7 +78,7 @@ class Intervention:
     positions: Positions = field(default_factory=Positions)
     predictor: Predictor | None = None
     source_layer: int | None = None
-    source_position: str = "last_prompt"
+    source_position: SourcePosition = "last_prompt"
 
     @classmethod
     def build(
@@ -91,7 +90,7 @@ class Intervention:
         positions: PositionsLike = "all",
         predictor: Predictor | None = None,
         source_layer: int | None = None,
-        source_position: str = "last_prompt",
+        source_position: SourcePosition = "last_prompt",
     ) -> "Intervention":
         ls = tuple(layers) if isinstance(layers, Iterable) and not isinstance(layers, (str, bytes, Tensor)) else (layers,)
         return cls(layers=ls, vectors=vectors, alpha=alpha, positions=as_positions(positions),

@@ -63,3 +63,43 @@ def image_token_mask(input_ids: Tensor, image_token_id: int) -> Tensor:
 
 
 Fn = Callable[..., Any]
+
+
+def hooked_forward(model: nn.Module, layer_modules: list[nn.Module], inputs: dict[str, Tensor], pass_position_ids: bool,
+                   *, steer_at: int | None = None, vectors: Tensor | None = None, alpha: float = 0.0,
+                   mask: Tensor | None = None) -> tuple[Any, list[Tensor]]:
+    """One raw forward (position ids from the mask for text models, as the engine's forward does).
+
+    With ``steer_at``, a raw forward hook on ``layer_modules[steer_at]`` adds ``alpha * v_row`` on
+    ``mask`` (``[B, S]``; ``vectors`` is ``[B, D]``). Returns the model output and every layer's
+    output (after steering), captured by further raw hooks registered after the steering one.
+    """
+    kw = dict(inputs)
+    if pass_position_ids:
+        am = kw["attention_mask"].long()
+        kw["position_ids"] = (am.cumsum(-1) - 1).masked_fill(am == 0, 1)
+    captured: list[Tensor | None] = [None] * len(layer_modules)
+    handles = []
+
+    def steer(_m: nn.Module, _i: Any, out: Any) -> Any:
+        assert vectors is not None and mask is not None
+        h = out[0] if isinstance(out, tuple) else out
+        h = h + alpha * mask[..., None].to(h.device, h.dtype) * vectors[:, None, :].to(h.device, h.dtype)
+        return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+
+    def keep(i: int) -> Fn:
+        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+            captured[i] = (out[0] if isinstance(out, tuple) else out).detach().float().cpu()
+        return hook
+
+    if steer_at is not None:
+        handles.append(layer_modules[steer_at].register_forward_hook(steer))
+    handles += [m.register_forward_hook(keep(i)) for i, m in enumerate(layer_modules)]
+    try:
+        with torch.no_grad():
+            out = model(**kw)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert all(c is not None for c in captured)
+    return out, captured  # type: ignore[return-value]

@@ -80,7 +80,7 @@ def test_read_last_token_equals_hidden_states(fam):
     for layer in layers:
         ref = hs[layer + 1][:, -1].float()
         assert torch.allclose(got[layer], ref, atol=1e-5), (layer, (got[layer] - ref).abs().max())
-    full = sm.read(b, [0], reduce="all")[0]
+    full = sm.read(b, [0], reduce="per_token")[0]
     real = b.attention_mask.bool()
     assert torch.allclose(full[real], hs[1][real].float(), atol=1e-5)
 
