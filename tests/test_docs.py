@@ -97,7 +97,14 @@ def test_marked_doc_blocks_run(where, code, tmp_path, monkeypatch, one_thread):
     monkeypatch.setattr(registry_module, "DEFAULT_REGISTRY", fresh)
     monkeypatch.setattr("steerlib.engine.DEFAULT_REGISTRY", fresh)
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, where, "exec"), {})
+    from steerlib.steerers import Steerer
+
+    methods = dict(Steerer._registry)  # a block that defines a method registers it: unregister it after
+    try:
+        exec(compile(code, where, "exec"), {})
+    finally:
+        for name in set(Steerer._registry) - set(methods):
+            del Steerer._registry[name]
 
 
 def test_doc_code_parses_and_names_exist():

@@ -34,12 +34,12 @@ from ..engine import Batch, SteerableModel
 from ..errors import DataError
 from ..intervention import check_layers
 from ..persistence import write_text_atomic
-from ..positions import P2SReduction, SourcePosition
+from ..positions import P2S_REDUCTIONS, P2SReduction, SourcePosition
 
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Steerer
 
-REDUCTIONS: tuple[str, ...] = ("end_of_turn", "completion_mean", "sampled_mean")
+REDUCTIONS: tuple[P2SReduction, ...] = P2S_REDUCTIONS
 #: Old P2S reduction spellings, still accepted with a DeprecationWarning.
 DEPRECATED_P2S_REDUCTIONS = {"last": "end_of_turn"}
 
@@ -204,7 +204,7 @@ def _p2s_batch(model: SteerableModel, chunk: list[ContrastiveItem], layers: list
     if reduction == "sampled_mean":
         batch = model.encode(prompts, images if any(images) else None, completions=completions, close_turn=close)
         zs, hs = {}, {}
-        pos = (batch.last_prompt_index if input_position == "last_prompt" else batch.last_prompt_no_gen_index)[:n]
+        pos = batch.index(input_position)[:n]
         for k, layer in enumerate(layers):
             means, states = _sampled_means(model, batch, layer, continuation_tokens, seed,
                                            input_layers if k == 0 else [])

@@ -24,9 +24,9 @@ from ..batching import length_batches
 from ..data.items import ContrastiveItem, check_items
 from ..engine import Batch, SteerableModel
 from ..errors import DataError, MissingDependencyError, ShapeMismatchError
-from ..intervention import SOURCE_POSITIONS, Intervention, check_layers
+from ..intervention import Intervention, check_layers
 from .base import Inputs, as_items
-from ..positions import SourcePosition, Where
+from ..positions import SOURCE_POSITIONS, SourcePosition, Where
 from .p2s import P2SBased, P2SParams
 
 Init = Literal["svd", "dict", "random"]
