@@ -276,3 +276,47 @@ def test_moved_modules_still_import_with_a_warning():
     with pytest.warns(DeprecationWarning, match="steerlib.steerers.vectors moved"):
         mod = importlib.import_module("steerlib.steerers.vectors")
     assert mod.StaticVectors is StaticVectors
+
+
+# ---------------------------------------------------------------------------- a new method -
+@pytest.fixture
+def median_method():
+    """A new method defined in one place (as in docs/adding-a-method.md), unregistered afterwards."""
+    from typing_extensions import Unpack
+
+    from steerlib.steerers import P2SParams
+
+    class MedianSteer(MeanSteer):
+        method = "median_test"
+
+        def __init__(self, layer: int = 0, *, behaviors=None, **shared: Unpack[P2SParams]) -> None:
+            super().__init__(layer, behaviors=behaviors, **shared)
+
+        def _learn(self, items, z, h):
+            self.vector_ = z.median(0).values
+
+    yield MedianSteer
+    del Steerer._registry["median_test"]
+
+
+def test_a_new_method_is_one_class(median_method, llama, tmp_path, monkeypatch):
+    """Registered by defining it; compare builds it by name, shares the extraction with Mean-S, saves it;
+    export writes it; nothing else in the library names it."""
+    from steerlib.eval.compare import compare
+    from steerlib.export import export_gguf, import_gguf
+
+    _, sm = llama
+    items = _items(6)
+    assert METHODS["median_test"] is median_method
+    calls = []
+    real = extract_mod.extract_p2s_layers
+    monkeypatch.setattr(extract_mod, "extract_p2s_layers", lambda *a, **k: calls.append(1) or real(*a, **k))
+    result = compare(sm, items, items[:3], ["none", "mean", "median_test"], alphas=[1.0], layers=[LAYER],
+                     out_dir=tmp_path / "cmp", max_new_tokens=3, progress=False)
+    assert [r["method"] for r in result.rows] == ["none", "mean", "median_test"]
+    assert len(calls) == 1  # one shared extraction for Mean-S and the new method
+    saved = Steerer.from_pretrained(tmp_path / "cmp" / "steerers" / f"median_test-L{LAYER}", model=sm)
+    z = extract_p2s(sm, items, LAYER, progress=False).z  # the independent reference: P2S vectors, then the median
+    assert type(saved) is median_method and torch.allclose(saved.vector_, z.median(0).values, atol=1e-5)
+    back = import_gguf(export_gguf(saved, tmp_path / "m.gguf", model_hint="llama"), sm)
+    assert torch.allclose(back.as_dict()[LAYER], saved.vector_)
