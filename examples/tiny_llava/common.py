@@ -14,7 +14,7 @@ from torch import Tensor
 
 from steerlib.data.loaders.pope import POPE_QUESTION
 from steerlib.errors import DataFileError
-from steerlib.models.tiny_llava import pool_patch_grid
+from steerlib.zoo.tiny_llava import pool_patch_grid
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "coco128-train2017"
 SPLIT_SEED = 0

@@ -255,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
 
-    from steerlib.loading import load_steerable
-    from steerlib.models.tiny_llava import projector_resource
+    from steerlib.zoo import load_steerable
+    from steerlib.zoo.tiny_llava import projector_resource
 
     names, all_images = load_coco128(args.data)
     split_json = args.split_json or projector_resource().with_name("projector.json")
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     else:  # a saved pooled checkpoint (e.g. a tiny random one for a smoke run)
         from transformers import LlavaProcessor
 
-        from steerlib.models.tiny_llava import PooledLlavaForConditionalGeneration
+        from steerlib.zoo.tiny_llava import PooledLlavaForConditionalGeneration
 
         sm = SteerableModel(PooledLlavaForConditionalGeneration.from_pretrained(args.model).eval(),
                             LlavaProcessor.from_pretrained(args.model))

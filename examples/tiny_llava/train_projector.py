@@ -48,7 +48,7 @@ from common import (
     split_images,
 )
 
-from steerlib.models.tiny_llava import IMAGE_TOKEN, assemble_tiny_llava
+from steerlib.zoo.tiny_llava import IMAGE_TOKEN, assemble_tiny_llava
 
 REPO = Path(__file__).resolve().parents[2]
 STRATEGIES = ("random", "popular", "adversarial")

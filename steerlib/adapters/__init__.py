@@ -1,4 +1,4 @@
-"""The registry of layer adapters: one small module per model family."""
+"""Layer adapters: the :class:`Adapter` record, the built-in families (one table, :mod:`.families`) and the registry."""
 
 from .base import Adapter, resolve_path, text_config
 from .registry import (

@@ -1,4 +1,7 @@
-"""Lookup of adapters by ``config.model_type``, user registration, and the fallback finder."""
+"""Lookup of adapters by ``config.model_type``, user registration, and the fallback finder.
+
+The built-in families are the rows of :data:`steerlib.adapters.families.BUILTIN_ADAPTERS`.
+"""
 
 from __future__ import annotations
 
@@ -8,29 +11,17 @@ from collections.abc import Iterable
 from torch import nn
 
 from ..errors import UnknownArchitectureError
-from . import (
-    gemma3,
-    gemma3_text,
-    gpt2,
-    idefics3,
-    internvl,
-    llama,
-    llava,
-    llava_next,
-    mllama,
-    paligemma,
-    qwen2,
-    qwen2_5_vl,
-    qwen2_vl,
-    smolvlm,
-)
 from .base import Adapter, text_config
+from .families import BUILTIN_ADAPTERS
 
-BUILTIN_ADAPTERS: tuple[Adapter, ...] = tuple(
-    m.ADAPTER
-    for m in (llava, llava_next, qwen2_vl, qwen2_5_vl, idefics3, smolvlm, paligemma, gemma3, mllama,
-              internvl, llama, qwen2, gpt2, gemma3_text)
-)
+__all__ = [
+    "BUILTIN_ADAPTERS",
+    "DEFAULT_REGISTRY",
+    "AdapterRegistry",
+    "find_decoder_adapter",
+    "get_adapter",
+    "register_adapter",
+]
 
 _SKIP = ("vision", "visual", "encoder", "image", "audio", "projector")
 

@@ -1,6 +1,15 @@
-"""Model builders that ship with steerlib (nothing here is registered with transformers globally)."""
+"""Deprecated alias of the tiny-LLaVA part of :mod:`steerlib.zoo` (kept for one release)."""
 
-from .tiny_llava import (
+import warnings
+
+warnings.warn(
+    "steerlib.models moved to steerlib.zoo; import from steerlib.zoo (or steerlib.zoo.tiny_llava) instead "
+    "(the old path is removed in the next release).",
+    DeprecationWarning,
+    stacklevel=2,
+)
+
+from ..zoo.tiny_llava import (  # noqa: E402
     PooledLlavaForConditionalGeneration,
     PooledLlavaMultiModalProjector,
     assemble_tiny_llava,

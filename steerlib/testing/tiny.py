@@ -7,6 +7,10 @@ small config (text side: hidden 64, 3 layers (Mllama 4, one of them cross-attent
 memory. Tokenizer and processor carry a chat template modelled on the real family's (see
 :mod:`steerlib.testing.tiny_templates`). Nothing reads the network or the disk.
 
+The family lists (:data:`FAMILIES`, :data:`VLM_FAMILIES`, :data:`TEXT_FAMILIES`,
+:data:`NESTED_IMAGE_FAMILIES`) are read off ``steerlib.adapters.families.BUILTIN_ADAPTERS``; every
+row there has one builder here (``_BUILDERS``).
+
 Batch images: Gemma3, Idefics3, SmolVLM and Mllama want one list of images per sample
 (``images=[[img], [img]]``, see :data:`NESTED_IMAGE_FAMILIES`); the others take a flat list
 (``images=[img, img]``).
@@ -15,10 +19,10 @@ Batch images: Gemma3, Idefics3, SmolVLM and Mllama want one list of images per s
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 import numpy as np
 import torch
@@ -26,42 +30,51 @@ import transformers as tf
 from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 
+from ..adapters import BUILTIN_ADAPTERS, Adapter
 from . import tiny_templates as templates
 from .tiny_tokenizer import make_tokenizer
 
 __all__ = [
     "FAMILIES",
+    "FamilyRosters",
     "NESTED_IMAGE_FAMILIES",
     "TEXT_FAMILIES",
     "VLM_FAMILIES",
     "TinyModel",
     "build_tiny",
+    "family_rosters",
     "tiny_image",
 ]
 
-#: Every family :func:`build_tiny` can build; the first ten take images.
-FAMILIES: tuple[str, ...] = (
-    "llava",
-    "llava_next",
-    "qwen2_vl",
-    "qwen2_5_vl",
-    "idefics3",
-    "smolvlm",
-    "paligemma",
-    "gemma3",
-    "mllama",
-    "internvl",
-    "llama",
-    "qwen2",
-    "gpt2",
-    "gemma3_text",
-)
-#: The vision-language families.
-VLM_FAMILIES: tuple[str, ...] = FAMILIES[:10]
+
+class FamilyRosters(NamedTuple):
+    """The family lists of a table of adapters (see :func:`family_rosters`)."""
+
+    families: tuple[str, ...]
+    vlm: tuple[str, ...]
+    text: tuple[str, ...]
+    nested_images: tuple[str, ...]
+
+
+def family_rosters(adapters: Iterable[Adapter] = BUILTIN_ADAPTERS) -> FamilyRosters:
+    """The family lists read off a table of adapters: the vision-language families (``is_vlm``) first,
+    then the text-only ones, each in table order; and the families with ``nested_images``."""
+    rows = tuple(adapters)
+    vlm = tuple(a.family for a in rows if a.is_vlm)
+    text = tuple(a.family for a in rows if not a.is_vlm)
+    return FamilyRosters(families=vlm + text, vlm=vlm, text=text,
+                         nested_images=tuple(a.family for a in rows if a.nested_images))
+
+
+_ROSTERS = family_rosters(BUILTIN_ADAPTERS)
+#: Every family :func:`build_tiny` can build: the rows of ``BUILTIN_ADAPTERS``, vision-language families first.
+FAMILIES: tuple[str, ...] = _ROSTERS.families
+#: The vision-language families (``Adapter.is_vlm``).
+VLM_FAMILIES: tuple[str, ...] = _ROSTERS.vlm
 #: The text-only families.
-TEXT_FAMILIES: tuple[str, ...] = FAMILIES[10:]
-#: Families whose processor wants batch images nested per sample: ``[[img], [img]]``.
-NESTED_IMAGE_FAMILIES: tuple[str, ...] = ("idefics3", "smolvlm", "gemma3", "mllama")
+TEXT_FAMILIES: tuple[str, ...] = _ROSTERS.text
+#: Families whose processor wants batch images nested per sample, ``[[img], [img]]`` (``Adapter.nested_images``).
+NESTED_IMAGE_FAMILIES: tuple[str, ...] = _ROSTERS.nested_images
 
 # --- sizes ---------------------------------------------------------------------------------
 _HIDDEN = 64
@@ -551,9 +564,12 @@ def build_tiny(family: str, seed: int = 0) -> TinyModel:
     Raises:
         ValueError: for a family not in :data:`FAMILIES`.
     """
+    if family not in FAMILIES:
+        raise ValueError(f"Unknown tiny model family {family!r}; choose one of: {', '.join(FAMILIES)}.")
     builder = _BUILDERS.get(family)
     if builder is None:
-        raise ValueError(f"Unknown tiny model family {family!r}; choose one of: {', '.join(FAMILIES)}.")
+        raise ValueError(f"The family {family!r} has an adapter row in steerlib/adapters/families.py but no tiny "
+                         "builder: add one to _BUILDERS in steerlib/testing/tiny.py.")
     model, processor, tok = builder(seed)
     _finish(model, tok)
     return TinyModel(family=family, model=model, processor=processor, tokenizer=tok, is_vlm=family in VLM_FAMILIES)
