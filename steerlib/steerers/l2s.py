@@ -218,9 +218,6 @@ class L2S(P2SBased):
         self.net_ = net
         self.history_ = history
         self.train_seconds_ = time.perf_counter() - start
-        self.encoder_weight_ = net.encoder.weight.detach().clone()
-        self.encoder_bias_ = net.encoder.bias.detach().clone()
-        self.decoder_weight_ = net.decoder.weight.detach().clone()
         if self.gate == "cv":
             self.gate_cv_ = self._cross_validate_gate(h, z, y)
             self.gate_ = min(self.gate_cv_, key=lambda r: (round(r["balanced_error"], 9), r["gate"]))["gate"]
@@ -361,16 +358,28 @@ class L2S(P2SBased):
         return {"history": self.history_, "train_seconds": self.train_seconds_, "gate": self.gate_,
                 "gate_cv": self.gate_cv_, "gate_norm": self.gate_norm_}
 
+    # g's weights live once, in ``net_``; these views are what is saved.
+    @property
+    def encoder_weight_(self) -> Float[Tensor, "hidden d_model"]:
+        return self.net_.encoder.weight.detach().cpu()
+
+    @property
+    def encoder_bias_(self) -> Float[Tensor, " hidden"]:
+        return self.net_.encoder.bias.detach().cpu()
+
+    @property
+    def decoder_weight_(self) -> Float[Tensor, "d_model hidden"]:
+        return self.net_.decoder.weight.detach().cpu()
+
     def load_extra_state(self, state: dict[str, Any], tensors: dict[str, Tensor]) -> None:
-        super().load_extra_state(state, tensors)
+        d, k = tensors["decoder_weight_"].shape
+        net = SteeringNet(d, k)
+        net.load_state_dict({"encoder.weight": tensors["encoder_weight_"], "encoder.bias": tensors["encoder_bias_"],
+                             "decoder.weight": tensors["decoder_weight_"]})
+        self.net_ = net.eval().requires_grad_(False)
         self.gate_norm_ = float(state.get("gate_norm", 0.0))
         self.gate_ = float(state.get("gate", self.gate if self.gate != "cv" else 0.0))
         self.gate_cv_ = list(state.get("gate_cv", []))
-        d, k = self.decoder_weight_.shape
-        net = SteeringNet(d, k)
-        net.load_state_dict({"encoder.weight": self.encoder_weight_, "encoder.bias": self.encoder_bias_,
-                             "decoder.weight": self.decoder_weight_})
-        self.net_ = net.eval().requires_grad_(False)
         self.history_ = state.get("history", [])
         self.train_seconds_ = state.get("train_seconds")
 
