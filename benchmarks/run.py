@@ -86,7 +86,7 @@ def _ratios(times: dict[str, list[float]], num: str, den: str) -> list[float]:
 
 
 def _load(spec: str):
-    from steerlib.loading import load_steerable
+    from steerlib.zoo import load_steerable
 
     return load_steerable(spec)
 

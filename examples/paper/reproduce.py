@@ -81,7 +81,7 @@ class Recipe:
     input_position: str  # "last_prompt" (POPE) or "last_prompt_no_gen" (safety)
     alpha: float
     hidden: int  # K, g's width
-    reduction: str  # P2S reduction: "sampled_mean" (POPE) or "last" (safety)
+    reduction: str  # P2S reduction: "sampled_mean" (POPE) or "end_of_turn" (safety)
     continuation_tokens: int  # sampled tokens after the forced POPE answer
     init: str  # g's decoder init: "svd" (POPE) or "dict" (safety)
     lr: float
@@ -103,7 +103,7 @@ class Recipe:
 _POPE = dict(input_position="last_prompt", alpha=1.0, reduction="sampled_mean", continuation_tokens=100, init="svd",
              lr=5e-5, scheduler="cosine", warmup_epochs=50, cos_weight=0.1, cos_warmup_epochs=100, class_balance=True,
              keep_best=True, val_fraction=100 / 1200, equalize_norms_to=None, max_new_tokens=128, do_sample=True)
-_MMSB = dict(input_position="last_prompt_no_gen", alpha=2.2, hidden=100, reduction="last", continuation_tokens=0,
+_MMSB = dict(input_position="last_prompt_no_gen", alpha=2.2, hidden=100, reduction="end_of_turn", continuation_tokens=0,
              init="dict", lr=1e-4, scheduler="none", warmup_epochs=0, cos_weight=0.1, cos_warmup_epochs=0,
              class_balance=False, keep_best=False, val_fraction=0.0, equalize_norms_to="harmful", max_new_tokens=200,
              do_sample=False)
@@ -289,7 +289,7 @@ class Run:
                                          continuation_tokens=r.continuation_tokens).fit_from_p2s(m, train, z)
         if "mean_ba" in self.methods:
             steerers["mean_ba"] = MeanSteerBA(r.layer, alpha=r.alpha, batch_size=self.args.batch_size,
-                                              reduction="last", progress=self.progress).fit(m, ba_items or train)
+                                              reduction="end_of_turn", progress=self.progress).fit(m, ba_items or train)
         if "l2s" in self.methods:
             assert h is not None
             steerers["l2s"] = self.l2s().fit_from_p2s(m, train, z, h)
@@ -506,11 +506,12 @@ def pope_partition(by_subset: dict[str, list[ContrastiveItem]], *, n_train: int,
 
 
 def default_coco128(fallback: Path) -> Path:
-    """``../shared/data/coco128-train2017`` when present, else a fake YOLO folder made at ``fallback``."""
-    from steerlib.cli import default_data_root
+    """``$STEERLIB_DATA/coco128-train2017`` when present, else a fake YOLO folder made at ``fallback``."""
+    from steerlib.app.paths import data_root
 
-    root = default_data_root() / "coco128-train2017"
-    return root if (root / "classes.txt").is_file() else make_fake_yolo(fallback)
+    root = data_root()
+    folder = root / "coco128-train2017" if root is not None else None
+    return folder if folder is not None and (folder / "classes.txt").is_file() else make_fake_yolo(fallback)
 
 
 def make_fake_yolo(root: Path, n_images: int = 6) -> Path:

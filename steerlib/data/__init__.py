@@ -1,5 +1,6 @@
 """Contrastive items, behaviour templates and benchmark loaders."""
 
+from .demo import DEMO_SPLIT_SIZES, demo_items
 from .items import ContrastiveItem, check_items, items_hash, load_image
 from .templates import (
     EXPERT_FINANCIAL,
@@ -39,6 +40,7 @@ from .loaders import (
     split_items,
     text_safety_items,
 )
+from .loaders.splits import cap_per_behavior, split_by_group
 
 __all__ = ["ContrastiveItem", "check_items", "items_hash", "load_image"]
 
@@ -50,5 +52,5 @@ __all__ += [
     "MMSB_SCENARIO_BEHAVIOR", "MMSB_TEMPLATES", "mmsb_template", "mmsb_templates",
     "FIGSTEP_PROMPT", "build_pope_from_yolo", "load_benign_seed_tasks", "load_donotanswer",
     "load_figstep", "load_harmbench", "load_mmsafetybench", "load_pope", "mmsb_split_indices",
-    "split_items", "text_safety_items",
+    "split_items", "text_safety_items", "split_by_group", "cap_per_behavior", "DEMO_SPLIT_SIZES", "demo_items",
 ]

@@ -1,17 +1,15 @@
 """Evaluation: metrics as pure functions, judges behind one small protocol, and the comparison runner.
 
+Modules, each one concern: :mod:`~steerlib.eval.metrics` (pure metric functions),
+:mod:`~steerlib.eval.judges`, :mod:`~steerlib.eval.store` (the append-only cache and manifest of a
+run), :mod:`~steerlib.eval.rows` (configuration values, results, metric rows from the cache),
+:mod:`~steerlib.eval.compare` (the runner) and :mod:`~steerlib.eval.report` (tables and plots).
 The runner itself is ``steerlib.eval.compare.compare`` (not re-exported here, so that
 ``steerlib.eval.compare`` stays the module).
 """
 
-from .compare import (
-    CompareResult,
-    JsonlCache,
-    MetricConfig,
-    RunSpec,
-    compute_rows,
-    load_result,
-)
+from .rows import CompareResult, MetricConfig, RunSpec, compute_rows, load_result
+from .store import JsonlCache
 from .judges import SAFETY_JUDGE_TEMPLATE, ClassifierJudge, Judge, KeywordJudge
 from .metrics import (
     DEFERRAL_KEYWORDS,
@@ -46,7 +44,7 @@ from .metrics import (
     wilson_interval,
     yes_ratio,
 )
-from .report import ReportPaths, markdown_table, write_report
+from .report import ReportPaths, TableStyle, markdown_table, write_report
 
 __all__ = [
     "ClassifierJudge",
@@ -65,6 +63,7 @@ __all__ = [
     "ReportPaths",
     "RunSpec",
     "SAFETY_JUDGE_TEMPLATE",
+    "TableStyle",
     "answer_matches_label",
     "compute_rows",
     "confusion_counts",

@@ -1,6 +1,6 @@
 """Tables and pictures of a :func:`~steerlib.eval.compare.compare` run.
 
-:func:`write_report` takes a :class:`~steerlib.eval.compare.CompareResult` (or the run's
+:func:`write_report` takes a :class:`~steerlib.eval.rows.CompareResult` (or the run's
 ``out_dir``) and writes, atomically, into the run's folder:
 
 * ``report.md``: the markdown table of metrics per method / layer / alpha (proportions with
@@ -22,17 +22,18 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, MissingDependencyError
 from ..persistence import write_text_atomic
-from .compare import CompareResult, load_result
+from .rows import CompareResult, load_result
 
 __all__ = [
     "METRICS",
     "ReportPaths",
+    "TableStyle",
     "best_rows",
     "markdown_table",
     "metric_columns",
@@ -107,39 +108,70 @@ def metric_columns(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | N
     return [m.name for m in METRICS if any(m.name in r for r in rows)]
 
 
-def _fmt(v: Any, digits: int) -> str:
+@dataclass(frozen=True)
+class TableStyle:
+    """How :func:`markdown_table` writes its cells.
+
+    ``digits``: decimals of metric values (``metric_digits`` per metric overrides it);
+    ``interval_digits``: decimals of the Wilson bounds; ``alpha_format``: format spec of the alpha
+    column (``"g"``: ``0.5``; default two decimals, ``0.50``); ``headers``: column titles per metric (default
+    the metric name); ``n_column``: show the item count; ``missing``: the mark of a metric that does
+    not apply or a method without layer / alpha; ``right_align``: right-align the metric columns.
+    """
+
+    digits: int = 3
+    metric_digits: Mapping[str, int] = field(default_factory=dict)
+    interval_digits: int = 2
+    alpha_format: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    n_column: bool = True
+    missing: str = "–"
+    right_align: bool = True
+
+
+def _fmt(v: Any, digits: int, missing: str = "–") -> str:
     if v is None:
-        return "–"
+        return missing
     if isinstance(v, float):
         if math.isnan(v):
-            return "–"
+            return missing
         return f"{v:.{digits}f}" if abs(v) < 1000 else f"{v:.0f}"
     return str(v)
 
 
-def _cell(row: Mapping[str, Any], m: str, intervals: bool, digits: int) -> str:
+def _cell(row: Mapping[str, Any], m: str, intervals: bool, style: TableStyle) -> str:
     if m not in row:
-        return "–"
-    s = _fmt(row[m], digits)
+        return style.missing
+    s = _fmt(row[m], style.metric_digits.get(m, style.digits), style.missing)
     if intervals and f"{m}_low" in row:
-        s += f" [{row[f'{m}_low']:.2f}, {row[f'{m}_high']:.2f}]"
+        d = style.interval_digits
+        s += f" [{row[f'{m}_low']:.{d}f}, {row[f'{m}_high']:.{d}f}]"
     return s
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None = None, *,
-                   intervals: bool = True, digits: int = 3) -> str:
+                   intervals: bool = True, digits: int = 3, style: TableStyle | None = None) -> str:
     """A markdown table: method, layer, alpha, n, then one column per metric.
 
     Proportions read ``value [low, high]`` (Wilson interval) when ``intervals``; "–" marks a
     metric that does not apply (no item of that behaviour) or a method without layer/alpha.
+    ``style`` changes the titles, decimals and marks (:class:`TableStyle`; ``digits`` is its
+    ``digits`` when no style is given).
     """
+    st = style or TableStyle(digits=digits)
     cols = metric_columns(rows, metrics)
-    head = ["method", "layer", "alpha", "n", *cols]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * len(cols)) + "|"]
+    ids = ["method", "layer", "alpha"] + (["n"] if st.n_column else [])
+    head = ids + [st.headers.get(c, c) for c in cols]
+    align = "---:" if st.right_align else "---"
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(ids) + [align] * len(cols)) + "|"]
     for r in rows:
-        cells = [str(r["method"]), _fmt(r.get("layer"), digits), _fmt(r.get("alpha"), 2) if r.get("alpha") is not None
-                 else "–", str(r.get("n", "")) + (f" ({r['n_missing']} missing)" if r.get("n_missing") else "")]
-        cells += [_cell(r, m, intervals, digits) for m in cols]
+        alpha = r.get("alpha")
+        cells = [str(r["method"]), _fmt(r.get("layer"), st.digits, st.missing),
+                 _fmt(alpha, 2, st.missing) if alpha is None or st.alpha_format is None
+                 else format(alpha, st.alpha_format)]
+        if st.n_column:
+            cells.append(str(r.get("n", "")) + (f" ({r['n_missing']} missing)" if r.get("n_missing") else ""))
+        cells += [_cell(r, m, intervals, st) for m in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -215,14 +247,14 @@ def plot_metrics_vs_alpha(rows: Sequence[Mapping[str, Any]], path: str | os.Path
                           metrics: Sequence[str] | None = None, *, title: str | None = None) -> Path:
     """Each metric against alpha (one panel per metric), one line per method (per layer when the
     grid has several), with the Wilson band of proportions; baselines are dashed lines."""
-    from ..plots import _colors, _save_png
+    from ..plots import colors as palette, save_png
 
     ms = _plot_metrics(rows, metrics)
     if not ms:
         raise DataError("No numeric metric to plot in these rows.")
     multi = len({r.get("layer") for r in rows if r.get("alpha") is not None}) > 1
     names = list(dict.fromkeys(_series_name(r, multi) for r in rows))
-    colors = dict(zip(names, _colors(len(names))))
+    colors = dict(zip(names, palette(len(names))))
     fig, axes = _grid(len(ms))
     for ax, m in zip(axes, ms):
         series: dict[str, list[Mapping[str, Any]]] = {}
@@ -256,20 +288,20 @@ def plot_metrics_vs_alpha(rows: Sequence[Mapping[str, Any]], path: str | os.Path
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6), fontsize="small")
     fig.suptitle(title or "metrics vs alpha")
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 def plot_best_bars(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
                    metrics: Sequence[str] | None = None, *, select: str = "score", title: str | None = None) -> Path:
     """Per metric, one bar per method at its best configuration (by ``select``), baselines hatched,
     with Wilson error bars on proportions."""
-    from ..plots import _colors, _save_png
+    from ..plots import colors as palette, save_png
 
     best = best_rows(rows, select)
     ms = _plot_metrics(best, metrics)
     if not ms:
         raise DataError("No numeric metric to plot in these rows.")
-    colors = _colors(len(best))
+    colors = palette(len(best))
     fig, axes = _grid(len(ms))
     labels = [str(r["method"]) + ("" if r.get("alpha") is None else f"\nL{r['layer']} a={r['alpha']:g}") for r in best]
     for ax, m in zip(axes, ms):
@@ -290,7 +322,7 @@ def plot_best_bars(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[st
         if info is not None and info.proportion:
             ax.set_ylim(0, 1.05)
     fig.suptitle(title or f"each method at its best configuration (by {select}); hatched: baselines")
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 # =============================================================================================
@@ -313,7 +345,7 @@ def write_report(result: CompareResult | str | os.PathLike[str], out_dir: str | 
     """Write ``report.md``, ``metrics.csv``, ``metrics.json`` and the PNG plots; return their paths.
 
     ``result`` is a :class:`CompareResult` or the ``out_dir`` of a compare run (read with
-    :func:`~steerlib.eval.compare.load_result`). Files go to ``out_dir`` (default: the run's
+    :func:`~steerlib.eval.rows.load_result`). Files go to ``out_dir`` (default: the run's
     folder). ``metrics`` picks the columns (default: every metric present); ``select`` is the
     metric that picks each method's best configuration.
     """

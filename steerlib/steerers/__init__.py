@@ -13,12 +13,12 @@ from .extract import (
     extract_p2s,
     extract_p2s_layers,
     extract_p2s_to_disk,
-    fit_sharing_extraction,
     load_p2s,
 )
 from .l2s import GATE_GRID, L2S, SteeringNet, stratified_folds
 from .mean import MeanSteer, MeanSteerBA
 from .p2s import P2S, NormRandom, P2SBased, P2SParams
+from .sharing import fit_sharing_extraction
 from .static import StaticVectors
 
 #: Every steering method by name: a read-only view of the registry that each ``Steerer`` subclass

@@ -59,7 +59,7 @@ class Steerer:
       and is the same for every alpha, so a runner may compute it once and pass it back with
       ``generate_batch(..., vectors=...)``;
     * :attr:`extraction`: its P2S extraction settings (a frozen value; steerers whose values are
-      equal can share one extraction, see :func:`~steerlib.steerers.extract.fit_sharing_extraction`);
+      equal can share one extraction, see :func:`~steerlib.steerers.sharing.fit_sharing_extraction`);
     * :meth:`steered_rows`: the inputs it changes at all (the others run exactly unsteered);
     * :meth:`static_vectors`: its fixed ``{layer: vector}`` for export, or None;
     * :meth:`get_params` / :meth:`set_params` / :meth:`clone`: scikit-learn's contract, so

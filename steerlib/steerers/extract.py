@@ -18,10 +18,10 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -35,9 +35,6 @@ from ..errors import DataError
 from ..intervention import check_layers
 from ..persistence import write_text_atomic
 from ..positions import P2S_REDUCTIONS, P2SReduction, SourcePosition
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .base import Steerer
 
 REDUCTIONS: tuple[P2SReduction, ...] = P2S_REDUCTIONS
 #: Old P2S reduction spellings, still accepted with a DeprecationWarning.
@@ -70,8 +67,9 @@ def check_reduction(reduction: str) -> P2SReduction:
 class P2SExtraction:
     """How a P2S-based steerer extracts its vectors, as one frozen value.
 
-    Steerers whose values are equal (and that fit at the same layer) can share one extraction:
-    :func:`fit_sharing_extraction` runs the teacher-forced passes once for all of them.
+    Steerers whose values are equal can share one extraction:
+    :func:`~steerlib.steerers.sharing.fit_sharing_extraction` runs the teacher-forced passes once
+    for all of them.
     """
 
     reduction: P2SReduction = "completion_mean"
@@ -86,51 +84,6 @@ class P2SExtraction:
         return extract_p2s_layers(model, items, layers, input_layers=input_layers, reduction=self.reduction,
                                   input_position=input_position, batch_size=self.batch_size,
                                   continuation_tokens=self.continuation_tokens, seed=self.seed, progress=progress)
-
-
-def fit_sharing_extraction(model: SteerableModel, items: Sequence[ContrastiveItem],
-                           steerers: Mapping[str, "Steerer"], *, progress: bool = True) -> None:
-    """Fit every steerer of ``steerers`` on ``items``, in place.
-
-    Steerers that learn from P2S vectors and report equal :attr:`~steerlib.steerers.Steerer.extraction`
-    values share one extraction (all their layers from the same teacher-forced passes); the others
-    are fitted on their own. A steerer that also needs g's input states (``input_read()``) gets
-    them from the shared passes unless another steerer of the group reads a different layer or
-    position at the same target layer.
-    """
-    items = list(items)
-    groups: dict[P2SExtraction, list[str]] = {}
-    for name, s in steerers.items():
-        ex = s.extraction if s.needs_fit else None
-        if ex is None:
-            s.fit(model, items)
-        else:
-            groups.setdefault(ex, []).append(name)
-    for ex, names in groups.items():
-        if len(names) == 1:
-            steerers[names[0]].fit(model, items)
-            continue
-        inputs: dict[int, int] = {}
-        position: SourcePosition | None = None
-        shared: list[str] = []
-        for name in names:
-            s = steerers[name]
-            read = s.input_read()  # type: ignore[attr-defined]
-            if read is not None:
-                src, pos = read
-                if inputs.get(s.layer, src) != src or (position is not None and pos != position):
-                    s.fit(model, items)  # another input state than the group's: its own extraction
-                    continue
-                inputs[s.layer], position = src, pos
-            shared.append(name)
-        if not shared:
-            continue
-        feats = ex.extract(model, items, sorted({steerers[n].layer for n in shared}), input_layers=inputs,
-                           input_position=position or "last_prompt", progress=progress)
-        for name in shared:
-            s = steerers[name]
-            f = feats[s.layer]
-            s.fit_from_p2s(model, items, f.z, f.h if s.input_read() is not None else None)  # type: ignore[attr-defined]
 
 
 def extract_p2s(

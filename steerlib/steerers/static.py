@@ -35,7 +35,6 @@ class StaticVectors(Steerer):
     method = "static"
     needs_fit = False
     builds_from_params = False
-    vectors_depend_on_alpha = False
     _tensors = ("vectors_",)
 
     def __init__(self, layers: Sequence[int] | int = (0,), *, alpha: float = 1.0, positions: Where = "all",

@@ -1,0 +1,223 @@
+"""``steerlib compare``: its arguments, data loading, judge loading, and printing, plus the
+argument-parser helper of the example scripts. The runner itself is
+:func:`steerlib.eval.compare.compare`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.items import ContrastiveItem
+from ..errors import SteerlibError
+from ..eval.compare import buildable_methods, compare
+from ..eval.judges import Judge
+from ..eval.report import ReportPaths, markdown_table, write_report
+from ..eval.rows import CompareResult, MetricConfig
+from .paths import DATA_ENV, data_dir
+from .recipes import DATA_PRESETS, DATA_SETS
+
+__all__ = ["DATA_PRESETS", "DATA_SETS", "CompareUsageError", "add_arguments", "example_parser", "load_compare_data",
+           "print_report", "run_from_args"]
+
+
+class CompareUsageError(SteerlibError, ValueError):
+    """A bad ``steerlib compare`` argument (the message says which and how to fix it)."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the ``steerlib compare`` options to ``p``."""
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", default="smollm2",
+                   help="smollm2 (SmolLM2-135M-Instruct, offline weights), gemma3-270m, tiny:<family>, or a local HF folder")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: where the model loads)")
+    g.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    g.add_argument("--data", default="text-safety", choices=DATA_SETS,
+                   help="text-safety (shared HarmBench / Do-Not-Answer / seed tasks), pope (official files, needs "
+                        "--image-dir), pope-coco (POPE-style questions from the shared COCO128 labels), mmsb "
+                        "(MM-SafetyBench, needs --data-root)")
+    g.add_argument("--data-root", default=None,
+                   help=f"the data set's folder (default: ${DATA_ENV}/<set>, <set> = text-safety, pope or "
+                        "coco128-train2017)")
+    g.add_argument("--image-dir", default=None, help="pope: the COCO val2014 images the question files name")
+    g.add_argument("--pope-split", default="random", choices=("random", "popular", "adversarial"))
+    g.add_argument("--limit", type=int, default=None, help="at most N train and N eval items per behaviour")
+    g.add_argument("--train-limit", type=int, default=None, help="at most N train items per behaviour (default: --limit)")
+    g.add_argument("--split", default="0.7,0.3", help="train,eval fractions (stratified by behaviour; by image for POPE)")
+    g.add_argument("--seed", type=int, default=0, help="split and sampling seed")
+    s = p.add_argument_group("grid")
+    s.add_argument("--methods", default="none,mean,p2s,l2s", help=f"comma list of {', '.join(buildable_methods())}")
+    s.add_argument("--alphas", default="1.0", help="comma list of strengths, e.g. 0.5,1.0")
+    s.add_argument("--layers", default=None, help="comma list of layers L*, e.g. 15 or 10,15 (default: the middle layer)")
+    s.add_argument("--positions", default=None, help="all, prompt, generated, last_prompt, image, text (default all)")
+    s.add_argument("--reduction", default=None,
+                   help="P2S reduction: end_of_turn, completion_mean, sampled_mean (default: per data set)")
+    s.add_argument("--continuation-tokens", type=int, default=None, help="sampled_mean: tokens sampled after the completion")
+    s.add_argument("--input-layer", type=int, default=None, help="L2S input layer L' (default: L*)")
+    s.add_argument("--input-position", default=None, choices=("last_prompt", "last_prompt_no_gen"))
+    s.add_argument("--hidden", type=int, default=None, help="L2S width K")
+    s.add_argument("--epochs", type=int, default=None, help="L2S training epochs")
+    s.add_argument("--lr", type=float, default=None, help="L2S learning rate")
+    o = p.add_argument_group("generation and output")
+    o.add_argument("--out", required=True, help="output folder (cache, steerers, report); rerun to resume")
+    o.add_argument("--max-new-tokens", type=int, default=48)
+    o.add_argument("--batch-size", type=int, default=8)
+    o.add_argument("--unchanged-tokens", type=int, default=32, help="benign unchanged: first N generated tokens")
+    o.add_argument("--judge", default=None, help="local HF folder of a safety classifier (e.g. Llama-Guard-3-8B) "
+                                                 "for the unsafe score, or tiny:llama for a smoke run")
+    o.add_argument("--fluency", action="store_true", help="also score perplexity under the unsteered model")
+    o.add_argument("--threads", type=int, default=None, help="torch CPU threads for this run (default: torch's)")
+    o.add_argument("--no-resume", action="store_true", help="delete the folder's cache and steerers first")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    o.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
+
+def _csv(text: str, conv: Callable[[str], Any], what: str) -> list[Any]:
+    parts = [x.strip() for x in str(text).split(",") if x.strip()]
+    if not parts:
+        raise CompareUsageError(f"--{what} is empty; give a comma list, e.g. --{what} 1,2.")
+    try:
+        return [conv(x) for x in parts]
+    except ValueError:
+        raise CompareUsageError(f"--{what} {text!r} is not a comma list of {conv.__name__}s.") from None
+
+
+def load_compare_data(args: argparse.Namespace) -> tuple[list[ContrastiveItem], list[ContrastiveItem]]:
+    """Training and evaluation items for the CLI's ``--data`` choice (split, capped)."""
+    from ..data import (
+        build_pope_from_yolo,
+        cap_per_behavior,
+        load_mmsafetybench,
+        load_pope,
+        split_by_group,
+        split_items,
+        text_safety_items,
+    )
+
+    fractions = _csv(args.split, float, "split")
+    if args.data == "text-safety":
+        root = data_dir("text-safety", args.data_root)
+        parts = split_items(text_safety_items(root, seed=args.seed), fractions, seed=args.seed)
+        train, test = parts[0], parts[-1]
+    elif args.data in ("pope", "pope-coco"):
+        if args.data == "pope":
+            root = data_dir("pope", args.data_root)
+            if not args.image_dir:
+                raise CompareUsageError("--data pope needs --image-dir (the COCO val2014 images the POPE files name). "
+                                        "Without them, use --data pope-coco (questions built from the shared COCO128).")
+            items = load_pope(root, args.image_dir, split=args.pope_split, check_images=True)
+        else:
+            root = data_dir("coco128-train2017", args.data_root)
+            items = build_pope_from_yolo(root, args.pope_split, seed=args.seed)
+        parts = split_by_group(items, fractions, seed=args.seed)
+        train, test = parts[0], parts[-1]
+    elif args.data == "mmsb":
+        if not args.data_root:
+            raise CompareUsageError("--data mmsb needs --data-root: the MM-SafetyBench folder with "
+                                    "processed_questions/ and imgs/.")
+        train = load_mmsafetybench(args.data_root, "train")
+        test = [it.with_(prompt=str(it.meta.get("raw_prompt", it.prompt)).strip(), id=it.id)
+                for it in load_mmsafetybench(args.data_root, "test")]  # the paper asks the bare question
+    else:  # pragma: no cover - argparse choices
+        raise CompareUsageError(f"Unknown --data {args.data!r}; use one of {', '.join(DATA_SETS)}.")
+    train_limit = args.train_limit if args.train_limit is not None else args.limit
+    return cap_per_behavior(train, train_limit), cap_per_behavior(test, args.limit)
+
+
+#: The grid flags that set a steerer argument: flag attribute -> constructor argument.
+_STEERER_FLAGS = {"reduction": "reduction", "continuation_tokens": "continuation_tokens", "input_layer": "input_layer",
+                  "input_position": "input_position", "hidden": "hidden", "epochs": "epochs", "lr": "lr"}
+
+
+def _steerer_kwargs(args: argparse.Namespace, methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The data set's preset, then the grid flags: a flag goes to every method whose constructor takes
+    the argument (key ``"*"``) and overrides the preset's value for it."""
+    preset = DATA_PRESETS[args.data]["steerer_kwargs"]
+    kw: dict[str, dict[str, Any]] = {k: dict(v) for k, v in preset.items() if k == "*" or k in methods}
+    star = kw.setdefault("*", {})
+    given = {name: getattr(args, flag) for flag, name in _STEERER_FLAGS.items() if getattr(args, flag) is not None}
+    for per_method in kw.values():
+        for name in given:
+            per_method.pop(name, None)
+    star.update(given)
+    star["seed"] = args.seed
+    return kw
+
+
+def _load_judge(spec: str | None, device: torch.device) -> Judge | None:
+    if not spec:
+        return None
+    from ..eval.judges import SAFETY_JUDGE_TEMPLATE, ClassifierJudge
+
+    if spec.startswith("tiny:"):
+        from ..testing import build_tiny
+
+        t = build_tiny(spec.split(":", 1)[1])
+        return ClassifierJudge(t.model, t.tokenizer, SAFETY_JUDGE_TEMPLATE, mode="raw", name=f"classifier-{spec}")
+    path = Path(spec)
+    if not path.is_dir():
+        raise CompareUsageError(f"--judge {spec!r} is not a folder; give a local Hugging Face folder of a safety "
+                                "classifier such as meta-llama/Llama-Guard-3-8B (nothing is downloaded).")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
+    if getattr(tok, "chat_template", None) is not None:
+        return ClassifierJudge(lm, tok, mode="conversation", name=f"classifier-{path.name}")
+    return ClassifierJudge(lm, tok, SAFETY_JUDGE_TEMPLATE, " unsafe", " safe", mode="raw", name=f"classifier-{path.name}")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run ``steerlib compare`` from parsed arguments; prints the table and the files written."""
+    from ..zoo import load_steerable
+
+    methods = _csv(args.methods, str, "methods")
+    alphas = _csv(args.alphas, float, "alphas")
+    known = buildable_methods()
+    for m in methods:
+        if m not in known:
+            raise CompareUsageError(f"Unknown method {m!r} in --methods; use some of {', '.join(known)}.")
+    if args.threads is not None and args.threads < 1:
+        raise CompareUsageError(f"--threads must be at least 1, got {args.threads}.")
+    train, test = load_compare_data(args)
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        model = load_steerable(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+        layers = _csv(args.layers, int, "layers") if args.layers else [model.num_layers // 2]
+        judge = _load_judge(args.judge, model.device)
+        cfg = DATA_PRESETS[args.data]["metrics"]
+        cfg = MetricConfig.from_dict({**cfg.as_dict(), "unchanged_tokens": args.unchanged_tokens})
+        print(f"{model!r}\n{len(train)} train / {len(test)} eval items; methods {methods}; alphas {alphas}; "
+              f"layers {layers}; out {args.out}", flush=True)
+        result = compare(model, train, test, methods, alphas, layers, out_dir=args.out,
+                         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, positions=args.positions,
+                         judge=judge, metrics=cfg, fluency=args.fluency, steerer_kwargs=_steerer_kwargs(args, methods),
+                         resume=not args.no_resume, progress=not args.no_progress)
+    finally:
+        torch.set_num_threads(threads)
+    print_report(result, write_report(result, plots=not args.no_plots))
+    return 0
+
+
+def print_report(result: CompareResult, paths: ReportPaths, columns: Sequence[str] | None = None) -> None:
+    """Print a comparison's table (``columns``: a subset of the metrics), what was generated or
+    reused, and the files its report wrote."""
+    print(markdown_table(result.rows, columns))
+    print(f"{result.n_generated} generated, {result.n_reused} reused from the cache")
+    for p in paths.all():
+        print(f"wrote {p}")
+    sys.stdout.flush()
+
+
+def example_parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser for an example script: its docstring's first paragraph is the description,
+    the rest the epilog, kept as written."""
+    head, _, rest = doc.partition("\n\n")
+    return argparse.ArgumentParser(description=head, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
