@@ -171,7 +171,7 @@ def test_literal_aliases_match_their_tuples():
     assert get_args(Where) == POSITION_NAMES == ("all", "prompt", "generated", "last_prompt", "image", "text")
     assert get_args(Reduce) == READ_REDUCTIONS == engine.READ_REDUCTIONS
     assert get_args(SourcePosition) == SOURCE_POSITIONS == intervention.SOURCE_POSITIONS
-    assert get_args(P2SReduction) == P2S_REDUCTIONS == ("last", "completion_mean", "sampled_mean")
+    assert get_args(P2SReduction) == P2S_REDUCTIONS == ("end_of_turn", "completion_mean", "sampled_mean")
     assert get_args(TokenPosition) == TOKEN_POSITIONS
     assert set(SOURCE_POSITIONS) <= set(TOKEN_POSITIONS) <= set(READ_REDUCTIONS)
     # each word means one thing: no read reduction is also a steering position, except the
