@@ -10,7 +10,7 @@ beforehand), greedy, 32 new tokens. ``compare`` runs it end to end on a cold sto
 buckets, rows an L2S gate leaves unsteered taken from the unsteered run, every record written);
 the reference is the same work as a plain loop over ``Steerer.generate``, one prompt at a time.
 Time inside the model is the wall time between a forward pre-hook and a forward hook on the HF
-model (each decode step, the prefill, nnsight's interleaving inside it); everything else (encoding,
+model (each decode step, the prefill, nnsight's interleaving inside it, passes stopped early); everything else (encoding,
 building interventions, length bucketing, the store, scoring) is "outside". No assertion.
 """
 
@@ -33,7 +33,10 @@ class ModelClock:
     def __init__(self, module: torch.nn.Module) -> None:
         self.seconds = 0.0
         self._t0: float | None = None
-        self._handles = [module.register_forward_pre_hook(self._enter), module.register_forward_hook(self._leave)]
+        # always_call: a pass that stops early (L2S reading g's input up to its layer raises inside
+        # forward) still counts as time inside the model
+        self._handles = [module.register_forward_pre_hook(self._enter),
+                         module.register_forward_hook(self._leave, always_call=True)]
 
     def _enter(self, *_: Any) -> None:
         self._t0 = time.perf_counter()

@@ -113,7 +113,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
     for backend, marker in (("nnsight", "o"), ("hooks", "s")):
         pts = sorted((r["k"], r["vs_unsteered"]) for r in rows if r["backend"] == backend and "distinct" in r["vectors"])
         ax.plot([k for k, _ in pts], [v for _, v in pts], marker=marker, label=f"steerlib, {backend} (CPU)")
-    ax.plot(list(EASYSTEER), list(EASYSTEER.values()), "k--", marker="x", label="EasySteer, vLLM GPU (published)")
+    ax.plot(list(EASYSTEER), list(EASYSTEER.values()), "kx", markersize=9, mew=2,
+            label="EasySteer, vLLM on a GPU, batch 256 (published points)")
     ax.set_xscale("log", base=2)
     ax.set_ylim(0, 1.1)
     ax.axhline(1.0, color="grey", lw=0.8)
