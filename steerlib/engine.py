@@ -24,10 +24,14 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from .adapters import DEFAULT_REGISTRY, Adapter, AdapterRegistry
-from .adapters.base import probe_layer_output, resolve_path
+from .adapters.base import resolve_path
+from .adapters.families import BUILTIN_ADAPTERS
+from .adapters.finder import is_encoder_decoder, search_stacks
+from .adapters.probe import probe_image, probe_stack
+from .adapters.registry import REGISTER_HOWTO, fallback_adapters, warn_fallback
 from .data.items import ImageLike
 from .encoding import Batch, ChatEncoder
-from .errors import AdapterValidationError, InputError, PositionError
+from .errors import AdapterValidationError, InputError, PositionError, SteerlibError, UnsupportedModelError
 from .intervention import Intervention, check_layers
 from .positions import READ_REDUCTIONS, TOKEN_POSITIONS, Reduce, as_reduce
 
@@ -181,6 +185,15 @@ class _HooksBackend:
                 handle.remove()
 
 
+def _config_layers(model: nn.Module) -> int | None:
+    """The text config's layer count, when it states one."""
+    cfg = getattr(model, "config", None)
+    get = getattr(cfg, "get_text_config", None)
+    cfg = get() if callable(get) else cfg
+    value = getattr(cfg, "num_hidden_layers", None)
+    return value if isinstance(value, int) else None
+
+
 def _hidden(out: Any) -> Tensor:
     return out[0] if isinstance(out, tuple) else out
 
@@ -217,17 +230,22 @@ class SteerableModel:
         self.model = model
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", None) or processor
-        self.adapter = adapter or (registry or DEFAULT_REGISTRY).for_model(model)
         self.system_prompt = system_prompt
-        self.num_layers = self.adapter.num_layers(model)
-        self.hidden_size = self.adapter.hidden_size(model)
-        self.image_token_ids = self.adapter.image_token_ids(model, processor)
-        self._encoder = ChatEncoder(self.adapter, processor, tuple(self.image_token_ids), type(model).__name__)
-        self._tracer = _NnsightBackend(model, self.adapter.layers_path)  # reads always trace
-        self._backend: Backend = (self._tracer if backend == "nnsight"
-                                  else _HooksBackend(self.adapter.layers(model)))
-        if validate:
-            self._validate()
+        if is_encoder_decoder(model):
+            raise UnsupportedModelError(
+                f"{type(model).__name__} (model_type {getattr(model.config, 'model_type', None)!r}) is an "
+                "encoder-decoder model. steerlib steers decoder-only language models (and VLMs built on one): its "
+                "generate, reads and positions assume one causal decoder over the prompt, and would be wrong here. "
+                "Use a decoder-only model of the family instead."
+            )
+        reg = registry or DEFAULT_REGISTRY
+        options, fallback = [adapter], False
+        if adapter is None:
+            known = reg.get(str(getattr(getattr(model, "config", None), "model_type", None)))
+            options, fallback = ([known], False) if known is not None else (fallback_adapters(model, processor), True)
+            if not options:
+                raise reg.unknown(model)
+        self._choose(options, fallback, validate)  # sets adapter, sizes, encoder and backends
 
     # ------------------------------------------------------------------ metadata ----
     @property
@@ -251,19 +269,187 @@ class SteerableModel:
                 f"layers={self.num_layers}, hidden={self.hidden_size})")
 
 
+    def _use(self, adapter: Adapter) -> None:
+        """Make ``adapter`` this model's adapter (sizes, encoder, backends); nothing is probed."""
+        model, processor = self.model, self.processor
+        self.adapter = adapter
+        self.num_layers = adapter.num_layers(model)
+        self.hidden_size = adapter.hidden_size(model)
+        self.image_token_ids = adapter.image_token_ids(model, processor)
+        self._pass_position_ids = adapter.pass_position_ids
+        self._pad_exact = True  # False: the model ignores the attention mask, padded batches are refused
+        self._encoder = ChatEncoder(adapter, processor, tuple(self.image_token_ids), type(model).__name__)
+        self._tracer = _NnsightBackend(model, adapter.layers_path)  # reads always trace
+        self._backend: Backend = (self._tracer if self.backend == "nnsight" else _HooksBackend(adapter.layers(model)))
+
+    def _choose(self, options: Sequence[Adapter], fallback: bool, validate: bool) -> None:
+        """Use the first adapter of ``options`` that passes validation (a given or registered adapter is
+        the only option; the fallback's candidates come ranked). The error names every rejection."""
+        tried: list[tuple[Adapter, SteerlibError]] = []
+        for option in options:
+            try:
+                self._use(option)
+                if validate:
+                    self._validate()
+            except (AdapterValidationError, UnsupportedModelError) as e:
+                if not fallback:
+                    raise
+                tried.append((option, e))
+                continue
+            if fallback:
+                warn_fallback(self.model, option)
+            return
+        mt = getattr(getattr(self.model, "config", None), "model_type", None)
+        lines = "\n".join(f"  {a.layers_path!r}: {type(e).__name__}: {e}" for a, e in tried)
+        lines += "".join(f"\n  rejected by its path: {c.describe()}" for c in search_stacks(self.model).rejected)
+        kind = UnsupportedModelError if any(isinstance(e, UnsupportedModelError) for _, e in tried) else AdapterValidationError
+        raise kind(f"No decoder stack of {type(self.model).__name__} (model_type {mt!r}) passed validation. The "
+                   f"fallback tried, in rank order:\n{lines}\n" + REGISTER_HOWTO)
+
     def _validate(self) -> None:
-        cfg_layers = getattr(self.model.config.get_text_config(), "num_hidden_layers", None)
+        """Probe the adapter with inputs the model accepts; for adapters that are not built in (found by the
+        fallback, or given by the user), also check causality, position ids and padding."""
+        path = self.adapter.layers_path
+        cfg_layers = _config_layers(self.model)
         if cfg_layers is not None and cfg_layers != self.num_layers:
             raise AdapterValidationError(
-                f"The adapter {self.adapter.family!r} found {self.num_layers} layers at {self.adapter.layers_path!r}, "
+                f"The adapter {self.adapter.family!r} found {self.num_layers} layers at {path!r}, "
                 f"but the config says {cfg_layers}; the layers_path points at the wrong stack."
             )
-        enc = self.encode(["Hi"])
-        _, width = probe_layer_output(self.model, self.adapter.layers(self.model), self._model_inputs(enc))
-        if width != self.hidden_size:
+        enc = self._probe(["Hello, how are you today?"])
+        if self.adapter in BUILTIN_ADAPTERS:
+            return
+        try:
+            if self._uses_images(enc):
+                self._check_position_ids(enc)
+            else:
+                self._check_causal(enc)
+                self._check_padding()
+                if self.adapter.is_vlm and getattr(self.processor, "image_processor", None) is not None:
+                    img = self._image_probe_batch()  # the processor's image encoding must fit the model too
+                    probe_stack(self.model, self.adapter.layers(self.model), self._model_inputs(img), path=path,
+                                hidden_size=self.hidden_size)
+                    self._check_position_ids(img)
+        except SteerlibError:
+            raise
+        except Exception as e:  # a raw model error on an ordinary (padded) probe batch
             raise AdapterValidationError(
-                f"Layer outputs are {width} wide but the config's hidden size is {self.hidden_size}; "
-                f"{self.adapter.layers_path!r} is not the residual stream of the language decoder."
+                f"A probe forward of {type(self.model).__name__} (stack {path!r}) failed: {type(e).__name__}: {e}. "
+                "The model does not run on a padded batch of this processor's encodings; check the processor."
+            ) from e
+
+    def _probe(self, prompts: list[str]) -> Batch:
+        """Run the stack probe on a text prompt; a VLM that needs pixel values in every forward is probed
+        with a tiny image instead. Returns the probe's batch."""
+        path = self.adapter.layers_path
+        layers = self.adapter.layers(self.model)
+        enc = self.encode(prompts)
+        try:
+            probe_stack(self.model, layers, self._model_inputs(enc), path=path, hidden_size=self.hidden_size)
+            return enc
+        except SteerlibError:
+            raise
+        except Exception as e:  # a raw model error: the model may need pixel values
+            if not self.adapter.is_vlm or getattr(self.processor, "image_processor", None) is None:
+                raise AdapterValidationError(
+                    f"The probe forward of {type(self.model).__name__} with the text prompt {prompts[0]!r} failed "
+                    f"(stack {path!r}): {type(e).__name__}: {e}. The model does not accept this processor's text "
+                    "encoding; pass the matching processor or tokenizer."
+                ) from e
+            text_error = e
+        try:
+            enc = self._image_probe_batch()
+            probe_stack(self.model, layers, self._model_inputs(enc), path=path, hidden_size=self.hidden_size)
+        except SteerlibError:
+            raise
+        except Exception as e:
+            raise AdapterValidationError(
+                f"The probe forward of {type(self.model).__name__} failed with a text prompt "
+                f"({type(text_error).__name__}: {text_error}) and with a tiny image ({type(e).__name__}: {e}) "
+                f"(stack {path!r}). Check that the processor matches the model."
+            ) from e
+        return enc
+
+    def _image_probe_batch(self) -> Batch:
+        """A one-image probe batch: with images a VLM may compute its own (3-D rotary) position ids."""
+        return self.encode(["Describe the image."], [[probe_image()]])
+
+    def _uses_images(self, enc: Batch) -> bool:
+        return any(k.startswith("pixel") for k in enc.inputs)
+
+    def _probe_logits(self, enc: Batch, **extra: Any) -> Tensor:
+        with torch.no_grad():
+            return self.model(**{**self._model_inputs(enc), **extra}).logits.float()
+
+    def _same(self, a: Tensor, b: Tensor) -> bool:
+        tol = 1e-4 if self.dtype == torch.float32 else 5e-2
+        return bool((a - b).abs().max() <= tol * max(1.0, float(b.abs().max())))
+
+    def _check_causal(self, enc: Batch) -> None:
+        """A later token must not change an earlier token's logits (an encoder used as an LM would)."""
+        ids = enc.inputs["input_ids"]
+        if ids.shape[1] < 2:
+            return
+        other = enc.inputs | {"input_ids": ids.clone()}
+        other["input_ids"][:, -1] = (ids[:, -1] + 1) % max(2, int(ids.max()) + 1)
+        changed = Batch(inputs=other, image_mask=enc.image_mask, completion_len=enc.completion_len,
+                        trailer_len=enc.trailer_len, gen_prompt_len=enc.gen_prompt_len)
+        if not self._same(self._probe_logits(changed)[:, :-1], self._probe_logits(enc)[:, :-1]):
+            raise UnsupportedModelError(
+                f"{type(self.model).__name__} (stack {self.adapter.layers_path!r}) attends bidirectionally: changing "
+                "the last prompt token changed the earlier tokens' outputs. steerlib steers causal decoders; its "
+                "reads and positions would be wrong here. Use a causal language model."
+            )
+
+    def _check_position_ids(self, enc: Batch) -> None:
+        """A model that computes its own (e.g. 3-D rotary) position ids must not get 1-D ones from steerlib."""
+        if not self._pass_position_ids:
+            return
+        if self._same(self._probe_logits(enc), self._without_position_ids(enc)):
+            return
+        self._pass_position_ids = False
+        warnings.warn(
+            f"{type(self.model).__name__} computes its own position ids (e.g. multimodal 3-D rotary positions): "
+            f"passing 1-D ids from the attention mask changes its logits, so steerlib does not pass them. Set "
+            f"pass_position_ids=False in the {self.adapter.family!r} adapter to silence this.",
+            stacklevel=4,
+        )
+
+    def _without_position_ids(self, enc: Batch) -> Tensor:
+        inputs = self._model_inputs(enc)
+        inputs.pop("position_ids", None)
+        with torch.no_grad():
+            return self.model(**inputs).logits.float()
+
+    def _check_padding(self) -> None:
+        """A left-padded row must give the logits of the row alone (forward and generate); a model that
+        ignores the attention mask fails this, and padded batches are then refused."""
+        short, long_ = "Hi", "Hello there, what is shown in this image today?"
+        both, alone = self.encode([short, long_]), self.encode([short])
+        if both.seq_len == alone.seq_len:
+            return
+        n = alone.seq_len
+        same = self._same(self._probe_logits(both)[:1, -n:], self._probe_logits(alone))
+        if same:
+            kw: dict[str, Any] = dict(max_new_tokens=2, do_sample=False, output_logits=True,
+                                      return_dict_in_generate=True)
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+            if pad is not None:
+                kw["pad_token_id"] = pad
+            try:
+                with torch.no_grad():
+                    g2 = self.model.generate(**self._gen_inputs(both), **kw)
+                    g1 = self.model.generate(**self._gen_inputs(alone), **kw)
+            except Exception:  # a model that cannot generate: forward is all steerlib can check
+                return
+            same = all(self._same(a[:1].float(), b.float()) for a, b in zip(g2.logits, g1.logits))
+        if not same:
+            self._pad_exact = False
+            warnings.warn(
+                f"{type(self.model).__name__} ignores the attention mask: a left-padded row differs from the same "
+                "row alone. steerlib refuses padded batches for this model (UnsupportedModelError); pass prompts one "
+                "at a time or batches of equal length.",
+                stacklevel=4,
             )
 
     # ------------------------------------------------------------------ encoding ----
@@ -296,11 +482,17 @@ class SteerableModel:
                                             system=system if system is not None else self.system_prompt)
 
     def _model_inputs(self, batch: Batch) -> dict[str, Tensor]:
+        if not self._pad_exact and bool((batch.attention_mask == 0).any()):
+            raise UnsupportedModelError(
+                f"{type(self.model).__name__} ignores the attention mask, so this left-padded batch would give "
+                "different results than its rows alone. Pass prompts one at a time, or batches whose prompts "
+                "encode to the same length."
+            )
         inputs = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.inputs.items()}
         for k, v in inputs.items():
             if k.startswith("pixel") and v.is_floating_point():
                 inputs[k] = v.to(self.dtype)
-        if self.adapter.pass_position_ids and "position_ids" not in inputs:
+        if self._pass_position_ids and "position_ids" not in inputs:
             am = inputs["attention_mask"].long()
             inputs["position_ids"] = (am.cumsum(-1) - 1).masked_fill(am == 0, 1)
         return inputs
@@ -448,7 +640,7 @@ class SteerableModel:
         if plan.needs_prefill:
             assert iv is not None
             iv = Intervention(layers=iv.layers, vectors=self._predict_extra_prefill(batch, iv), alpha=iv.alpha,
-                              positions=iv.positions)
+                              positions=iv.positions, norm_preserving=iv.norm_preserving)
         return iv, plan
 
     def _predict_extra_prefill(self, batch: Batch, iv: Intervention) -> Tensor:
@@ -479,7 +671,10 @@ def _edit(step: int, layer: int, h: Tensor, iv: Intervention | None, batch: Batc
     if iv is not None and iv.predictor is not None and layer == iv.source_layer and step == 0:
         rows = torch.arange(batch.size, device=h.device)
         memo["predicted"] = iv.predictor(h[rows, batch.index(iv.source_position).to(h.device)])
-    if iv is not None and layer in iv.layers:
+    if iv is not None and layer in iv.layers and (iv.ablate is not None or iv.norm_preserving):
+        new = _ablate_add(step, layer, h, iv, batch, memo)
+        h = h if new is None else new
+    elif iv is not None and layer in iv.layers:
         v = memo["predicted"] if iv.predictor is not None else iv.vector_for(layer)
         v = v.to(h.device, h.dtype)
         v = (v[None, :] if v.dim() == 1 else v)[:, None, :]
@@ -491,3 +686,33 @@ def _edit(step: int, layer: int, h: Tensor, iv: Intervention | None, batch: Batc
     if read is not None:
         read(layer, h)
     return new
+
+
+def _ablate_add(step: int, layer: int, h: Tensor, iv: Intervention, batch: Batch,
+                memo: dict[str, Tensor]) -> Tensor | None:
+    """:func:`_edit`'s arithmetic with ablation and/or norm preservation, at the same positions as
+    the plain addition: remove the component along each unit direction, add ``alpha * v``, then
+    (``norm_preserving``) rescale each steered token to its norm before this layer's edit."""
+    if step == 0 and h.shape[1] == batch.seq_len:
+        m = iv.positions.prompt_mask(batch.attention_mask, batch.last_prompt_index, batch.image_mask)
+        m = m.to(h.device)[..., None]
+    elif iv.positions.steers_generated:
+        m = None
+    else:
+        return None
+    mf = None if m is None else m.to(h.dtype)
+    out = h
+    for u in (iv.ablate or {}).get(layer, ()):
+        u = u.to(h.device, h.dtype)
+        u = (u[None, :] if u.dim() == 1 else u)[:, None, :]
+        proj = (out * u).sum(-1, keepdim=True) * u
+        out = out - (proj if mf is None else mf * proj)
+    if iv.adds_at(layer):
+        v = memo["predicted"] if iv.predictor is not None else iv.vector_for(layer)
+        v = v.to(h.device, h.dtype)
+        v = (v[None, :] if v.dim() == 1 else v)[:, None, :]
+        out = out + iv.alpha * (v if mf is None else mf * v)
+    if iv.norm_preserving:
+        scaled = out * (h.norm(dim=-1, keepdim=True) / out.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        out = scaled if m is None else torch.where(m, scaled, h)
+    return out

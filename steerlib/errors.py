@@ -65,3 +65,8 @@ class PersistenceError(SteerlibError, OSError):
 
 class MissingDependencyError(SteerlibError, ImportError):
     """An optional package (real weights, plotting, ...) is not installed."""
+
+
+class UnsupportedModelError(SteerlibError, ValueError):
+    """A model steerlib cannot steer correctly (an encoder-decoder, a layer output it does not handle,
+    a padded batch on a model that ignores the attention mask); refused instead of steered wrong."""

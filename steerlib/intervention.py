@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Union
 
 import torch
@@ -70,6 +70,14 @@ class Intervention:
     ``predictor`` (e.g. L2S's g) maps the hidden state at ``source_layer`` / ``source_position``
     to per-row vectors; the engine computes it inside the same pass when ``source_layer`` is at or
     below every steered layer, and with one extra prefill otherwise.
+
+    Directional ablation: ``ablate`` maps a layer to directions (each ``[d_model]`` or one per row
+    ``[batch, d_model]``, normalised here); at that layer, at ``positions``, the component of the
+    hidden state along each direction is removed in turn, *before* any vector is added. With
+    ``ablate``, ``vectors`` may be None (ablation only) or a mapping whose layers, together with
+    the ablated ones, are ``layers``; a predictor is refused (compute its vectors first).
+    ``norm_preserving``: after ablating and adding, each steered token is rescaled to the norm it
+    had before this layer's edit. Without either option the arithmetic is the plain addition.
     """
 
     layers: tuple[int, ...]
@@ -79,6 +87,8 @@ class Intervention:
     predictor: Predictor | None = None
     source_layer: int | None = None
     source_position: SourcePosition = "last_prompt"
+    ablate: Mapping[int, tuple[VectorLike, ...]] | None = None
+    norm_preserving: bool = False
 
     @classmethod
     def build(
@@ -91,15 +101,28 @@ class Intervention:
         predictor: Predictor | None = None,
         source_layer: int | None = None,
         source_position: SourcePosition = "last_prompt",
+        ablate: Mapping[int, VectorLike | Sequence[VectorLike]] | None = None,
+        norm_preserving: bool = False,
     ) -> "Intervention":
         ls = tuple(layers) if isinstance(layers, Iterable) and not isinstance(layers, (str, bytes, Tensor)) else (layers,)
+        abl = None if ablate is None else {
+            k: (tuple(d) if not isinstance(d, Tensor) else (d,)) for k, d in ablate.items()}
         return cls(layers=ls, vectors=vectors, alpha=alpha, positions=as_positions(positions),
-                   predictor=predictor, source_layer=source_layer, source_position=source_position)
+                   predictor=predictor, source_layer=source_layer, source_position=source_position,
+                   ablate=abl, norm_preserving=bool(norm_preserving))
 
     def validate(self, num_layers: int, hidden_size: int, batch_size: int) -> "Intervention":
         """Check every field against a model and a batch; return a copy with sorted layers."""
         layers = check_layers(self.layers, num_layers)
         check_finite(self.alpha, "alpha")
+        if self.ablate is not None:
+            if self.predictor is not None:
+                raise ShapeMismatchError(
+                    "An Intervention with ablate= takes vectors= (or none), not a predictor=; compute the "
+                    "predictor's per-row vectors first (e.g. steerer.vectors(model, items)) and pass them.")
+            ablate = self._checked_ablate(layers, hidden_size, batch_size)
+            return replace(self, layers=layers, alpha=float(self.alpha), positions=as_positions(self.positions),
+                           ablate=ablate, norm_preserving=bool(self.norm_preserving))
         if (self.vectors is None) == (self.predictor is None):
             raise ShapeMismatchError("Give exactly one of vectors= or predictor= to an Intervention.")
         if self.predictor is not None:
@@ -120,7 +143,47 @@ class Intervention:
                 check_vector(v, hidden_size, batch_size, f"the steering vector for layer {layer}")
         return Intervention(layers=layers, vectors=self.vectors, alpha=float(self.alpha),
                             positions=as_positions(self.positions), predictor=self.predictor,
-                            source_layer=self.source_layer, source_position=self.source_position)
+                            source_layer=self.source_layer, source_position=self.source_position,
+                            norm_preserving=bool(self.norm_preserving))
+
+    def _checked_ablate(self, layers: tuple[int, ...], hidden_size: int,
+                        batch_size: int) -> dict[int, tuple[Tensor, ...]]:
+        """Validate ``ablate`` (and ``vectors`` beside it); return unit directions per layer."""
+        assert self.ablate is not None
+        if not isinstance(self.ablate, Mapping):
+            raise ShapeMismatchError("ablate= must be a mapping {layer: direction(s)}.")
+        add_layers: set[int] = set()
+        if isinstance(self.vectors, Mapping):
+            add_layers = set(self.vectors)
+            for layer, v in self.vectors.items():
+                check_vector(v, hidden_size, batch_size, f"the steering vector for layer {layer}")
+        elif self.vectors is not None:
+            add_layers = set(layers)
+            check_vector(self.vectors, hidden_size, batch_size, "the steering vector")
+        if not set(self.ablate) <= set(layers) or add_layers | set(self.ablate) != set(layers):
+            raise LayerIndexError(
+                f"The intervention steers layers {list(layers)} but ablates at {sorted(self.ablate)} and adds at "
+                f"{sorted(add_layers)}; list every ablated or added layer in layers, and no other.")
+        out: dict[int, tuple[Tensor, ...]] = {}
+        for layer, dirs in self.ablate.items():
+            units = []
+            for d in dirs:
+                what = f"the ablation direction for layer {layer}"
+                check_vector(d, hidden_size, batch_size, what)
+                n = d.float().norm(dim=-1, keepdim=True)
+                if bool((n == 0).any()):
+                    raise ShapeMismatchError(f"{what} has norm 0; give a non-zero direction.")
+                units.append(d.float() / n)
+            out[int(layer)] = tuple(units)
+        return out
+
+    def adds_at(self, layer: int) -> bool:
+        """Whether a vector is added at ``layer`` (an ablation-only layer adds none)."""
+        if self.predictor is not None:
+            return True
+        if self.vectors is None:
+            return False
+        return layer in self.vectors if isinstance(self.vectors, Mapping) else True
 
     def vector_for(self, layer: int) -> Tensor:
         assert self.vectors is not None

@@ -30,6 +30,16 @@ def refuse_unsafe(path: Path) -> None:
         )
 
 
+def umask_mode(kind: str) -> int:
+    """The mode a plain ``open`` / ``mkdir`` would give under the user's umask (``kind``: "file" or "dir").
+
+    ``tempfile`` creates 0600 files and 0700 folders; files steerlib writes are chmod-ed to this,
+    so a saved steerer is as readable as any other file the user writes."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if kind == "dir" else 0o666) & ~mask
+
+
 def write_dir_atomic(target: str | os.PathLike[str], files: Mapping[str, bytes | dict[str, Any] | dict[str, torch.Tensor]],
                      *, overwrite: bool = False) -> Path:
     """Write a folder of files so that a crash never leaves it half-written.
@@ -57,6 +67,8 @@ def write_dir_atomic(target: str | os.PathLike[str], files: Mapping[str, bytes |
                 p.write_bytes(content)
             else:
                 p.write_text(str(content), encoding="utf-8")
+            os.chmod(p, umask_mode("file"))
+        os.chmod(tmp, umask_mode("dir"))
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"
             os.replace(target, old)
@@ -84,6 +96,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, umask_mode("file"))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

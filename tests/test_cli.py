@@ -59,19 +59,38 @@ def test_demo_smoke_on_a_tiny_model(tmp_path, capsys):
     assert main(["demo", "--model", "tiny:llama", "--scale", "0.1", "--out", str(tmp_path)]) == 0
 
 
-def test_data_root_comes_from_the_flag_or_the_environment(tmp_path, monkeypatch, capsys):
-    """No guess about where the source tree sits: without --data-root and $STEERLIB_DATA the error says
-    what to pass; $STEERLIB_DATA/<set> is used when set."""
+def test_fit_data_works_outside_the_clone_and_takes_the_users_files(tmp_path, monkeypatch, capsys):
+    """--data demo (the default) and --data text-safety use the sets shipped in the package; --data-root or
+    $STEERLIB_DATA/text-safety point at another copy; --data PATH reads the user's JSONL or CSV; the
+    checks run before the model is loaded and name the flag."""
     monkeypatch.delenv("STEERLIB_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
-    args = ["fit", "--model", "tiny:llama", "--method", "mean", "--layer", "1", "--limit", "1", "--out",
-            str(tmp_path / "m")]
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert "--data-root" in err and "STEERLIB_DATA" in err and "Traceback" not in err
-    shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-    monkeypatch.setenv("STEERLIB_DATA", shared)
-    assert main(args) == 0 and (tmp_path / "m" / "steerer.json").is_file()
+    base = ["fit", "--model", "tiny:llama", "--method", "mean", "--layer", "1", "--limit", "1"]
+    assert main([*base, "--out", "a"]) == 0 and (tmp_path / "a" / "steerer.json").is_file()
+    assert main([*base, "--data", "text-safety", "--out", "b"]) == 0
+    monkeypatch.setenv("STEERLIB_DATA", str(tmp_path / "nowhere"))
+    assert main([*base, "--data", "text-safety", "--out", "c"]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    monkeypatch.delenv("STEERLIB_DATA")
+    (tmp_path / "mine.csv").write_text("prompt,positive,negative,behavior\nHow do I pick a lock?,No.,Sure.,harmful\n"
+                                       "Capital of France?,Paris.,Paris.,benign\n", encoding="utf-8")
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "Make a fake ID."}\n', encoding="utf-8")
+    assert main([*base, "--data", "mine.csv", "--out", "d"]) == 0
+    assert main([*base, "--data", "prompts.jsonl", "--template", "harmful", "--out", "e"]) == 0
+    capsys.readouterr()
+    for extra, needle in ((["--data", "prompts.jsonl", "--out", "f"], "'positive'"),
+                          (["--data", "absent.csv", "--out", "f"], "no such file"),
+                          (["--data", "x.txt", "--out", "f"], ".jsonl or .csv"),
+                          (["--out", "a"], "pass --overwrite")):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and needle in err and "Traceback" not in err, err
+
+
+def test_version_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("steerlib ")
 
 
 def test_old_entry_points_still_work_with_a_deprecation_warning():

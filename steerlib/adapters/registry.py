@@ -5,25 +5,29 @@ The built-in families are the rows of :data:`steerlib.adapters.families.BUILTIN_
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 
 from ..errors import UnknownArchitectureError
-from .base import Adapter, text_config
+from .base import Adapter
 from .families import BUILTIN_ADAPTERS
+from .finder import auto_adapter, search_stacks
+
+_LOG = logging.getLogger("steerlib.adapters")
 
 __all__ = [
     "BUILTIN_ADAPTERS",
     "DEFAULT_REGISTRY",
     "AdapterRegistry",
+    "fallback_adapters",
     "find_decoder_adapter",
     "get_adapter",
     "register_adapter",
 ]
-
-_SKIP = ("vision", "visual", "encoder", "image", "audio", "projector")
 
 REGISTER_HOWTO = (
     "Register one:\n"
@@ -74,19 +78,32 @@ class AdapterRegistry:
         if fallback:
             found = find_decoder_adapter(model)
             if found is not None:
-                warnings.warn(
-                    f"No adapter is registered for model_type {mt!r}; using the decoder stack found at "
-                    f"{found.layers_path!r} ({len(found.layers(model))} layers). Register an adapter to silence this.",
-                    stacklevel=3,
-                )
+                warn_fallback(model, found)
                 return found
-        raise UnknownArchitectureError(
+        raise self.unknown(model)
+
+    def unknown(self, model: nn.Module, detail: str = "") -> UnknownArchitectureError:
+        """The error for a model without an adapter and without a findable decoder stack."""
+        mt = getattr(getattr(model, "config", None), "model_type", None)
+        detail = detail or search_stacks(model).report()
+        return UnknownArchitectureError(
             f"Unknown architecture: model_type {mt!r} ({type(model).__name__}) has no adapter and no language "
-            f"decoder stack could be found. Known families: {', '.join(self.families())}.\n" + REGISTER_HOWTO
+            f"decoder stack could be found. The fallback looked at:\n{detail}\n"
+            f"Known families: {', '.join(self.families())}.\n" + REGISTER_HOWTO
         )
 
 
 DEFAULT_REGISTRY = AdapterRegistry(BUILTIN_ADAPTERS)
+
+
+def warn_fallback(model: nn.Module, found: Adapter) -> None:
+    """The warning and log line that say which stack the fallback chose."""
+    mt = getattr(getattr(model, "config", None), "model_type", None)
+    n = len(found.layers(model))
+    msg = (f"No adapter is registered for model_type {mt!r}; using the decoder stack found at {found.layers_path!r} "
+           f"({n} layers, {'vision-language' if found.is_vlm else 'text-only'}). Register an adapter to silence this.")
+    _LOG.info(msg)
+    warnings.warn(msg, stacklevel=4)
 
 
 def register_adapter(adapter: Adapter, *, overwrite: bool = False) -> Adapter:
@@ -99,37 +116,24 @@ def get_adapter(model: nn.Module, *, fallback: bool = True) -> Adapter:
     return DEFAULT_REGISTRY.for_model(model, fallback=fallback)
 
 
-def find_decoder_adapter(model: nn.Module) -> Adapter | None:
-    """Find the language decoder's ``ModuleList`` in an unknown model.
+def find_decoder_adapter(model: nn.Module, processor: Any = None) -> Adapter | None:
+    """The fallback's best guess at the language decoder of an unknown model (no probe run).
 
-    Takes the first ``nn.ModuleList`` named ``layers``, ``h`` or ``blocks`` whose path mentions no
-    vision/encoder part and whose length equals the text config's ``num_hidden_layers`` (when the
-    config states it). Mixed block classes (Mllama-style cross-attention layers) are reported in
-    the adapter's notes and a warning, never silently mixed in.
+    Returns the adapter of the top-ranked candidate of :func:`steerlib.adapters.finder.search_stacks`
+    (or None when there is none). :class:`~steerlib.engine.SteerableModel` goes further: it
+    validates the ranked candidates in order with a probe forward (:func:`fallback_adapters`).
+    Mixed block classes (Mllama-style cross-attention layers) are named in the adapter's notes
+    and in a warning, never silently mixed in.
     """
-    cfg = text_config(getattr(model, "config", None))
-    want = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
-    for name, mod in model.named_modules():
-        if not isinstance(mod, nn.ModuleList) or not name:
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf not in ("layers", "h", "blocks"):
-            continue
-        if any(s in name.lower() for s in _SKIP):
-            continue
-        if want is not None and len(mod) != want:
-            continue
-        kinds = sorted({type(b).__name__ for b in mod})
-        notes = ""
-        if len(kinds) > 1:
-            idx = {k: [i for i, b in enumerate(mod) if type(b).__name__ == k] for k in kinds}
-            notes = "Mixed decoder block classes: " + "; ".join(f"{k} at {v}" for k, v in idx.items())
-            warnings.warn(f"The decoder stack at {name!r} mixes block classes ({notes}); layer i counts all of them.",
-                          stacklevel=3)
-        is_vlm = any(any(s in n.lower() for s in ("vision", "visual")) for n, _ in model.named_children()) or any(
-            "vision" in n.lower() for n, _ in model.named_modules() if n.count(".") <= 2
-        )
-        mt = getattr(getattr(model, "config", None), "model_type", "unknown")
-        return Adapter(family=f"auto:{mt}", model_types=(str(mt),), layers_path=name, is_vlm=is_vlm,
-                       pass_position_ids=not is_vlm, notes=notes)
-    return None
+    adapters = fallback_adapters(model, processor)
+    if not adapters:
+        return None
+    found = adapters[0]
+    if "Mixed decoder block classes" in found.notes:
+        warnings.warn(f"The decoder stack at {found.layers_path!r} mixes block classes ({found.notes}).", stacklevel=2)
+    return found
+
+
+def fallback_adapters(model: nn.Module, processor: Any = None) -> list[Adapter]:
+    """One fallback adapter per ranked candidate stack of ``model``, best first."""
+    return [auto_adapter(model, c, processor) for c in search_stacks(model).ranked]

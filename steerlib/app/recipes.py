@@ -45,8 +45,7 @@ def demo_steerers(layer: int, *, input_layer: int, hidden: int = 64, epochs: int
     """
     return {
         "mean": MeanSteer(layer, behaviors=["harmful", "advice"], progress=False),
-        "l2s": L2S(layer, input_layer=input_layer, hidden=hidden, epochs=epochs, lr=1e-3, class_balance=True,
-                   l1_weight=20.0, gate="cv", progress=False),
+        "l2s": L2S.selective(layer, input_layer=input_layer, hidden=hidden, epochs=epochs, progress=False),
     }
 
 

@@ -41,6 +41,7 @@ from .loaders import (
     text_safety_items,
 )
 from .loaders.splits import cap_per_behavior, split_by_group
+from .records import items_from_file, items_from_records, items_from_table, shipped_text_safety_dir
 
 __all__ = ["ContrastiveItem", "check_items", "items_hash", "load_image"]
 
@@ -53,4 +54,5 @@ __all__ += [
     "FIGSTEP_PROMPT", "build_pope_from_yolo", "load_benign_seed_tasks", "load_donotanswer",
     "load_figstep", "load_harmbench", "load_mmsafetybench", "load_pope", "mmsb_split_indices",
     "split_items", "text_safety_items", "split_by_group", "cap_per_behavior", "DEMO_SPLIT_SIZES", "demo_items",
+    "items_from_file", "items_from_records", "items_from_table", "shipped_text_safety_dir",
 ]

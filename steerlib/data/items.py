@@ -65,6 +65,35 @@ class ContrastiveItem:
         h.update(json.dumps(payload, ensure_ascii=False).encode())
         return h.hexdigest()
 
+    @classmethod
+    def from_records(cls, records: Iterable[Any], *, prompt: str = "prompt", positive: str = "positive",
+                     negative: str = "negative", behavior: str = "behavior",
+                     where: str = "records") -> list["ContrastiveItem"]:
+        """Records (mappings, e.g. ``df.to_dict("records")`` or a ``datasets.Dataset``'s rows) to items;
+        the keyword arguments name the columns. For prompts without completions use
+        :func:`steerlib.data.items_from_records` with a template.
+
+        Raises:
+            DataError: a record is not a mapping, lacks a column, or its prompt is not a string.
+        """
+        from collections.abc import Mapping
+
+        out: list[ContrastiveItem] = []
+        for i, rec in enumerate(records):
+            if not isinstance(rec, Mapping):
+                raise DataError(f"{where}: record {i} is a {type(rec).__name__}, not a mapping of column -> value "
+                                f"(give dicts with {prompt!r}, {positive!r}, {negative!r}, {behavior!r}).")
+            missing = [c for c in (prompt, positive, negative, behavior) if rec.get(c) in (None, "")]
+            if missing:
+                raise DataError(f"{where}: record {i} has no {', '.join(repr(c) for c in missing)} "
+                                f"(columns: {sorted(map(str, rec))}); or give only prompts plus a template "
+                                "(steerlib.data.items_from_records(..., template='harmful'|'advice'|'benign')).")
+            if not isinstance(rec[prompt], str):
+                raise DataError(f"{where}: record {i}'s {prompt!r} is a {type(rec[prompt]).__name__}, not a string.")
+            out.append(cls(prompt=rec[prompt], positive=str(rec[positive]), negative=str(rec[negative]),
+                           behavior=str(rec[behavior])))
+        return out
+
     def with_(self, **changes: Any) -> "ContrastiveItem":
         """A copy with some fields changed (the id is recomputed unless given)."""
         d = dict(prompt=self.prompt, positive=self.positive, negative=self.negative,

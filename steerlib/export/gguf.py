@@ -68,6 +68,7 @@ from ..errors import (
 )
 from ..steerers.base import Steerer
 from ..steerers.static import StaticVectors, as_vector_dict
+from ..persistence import umask_mode
 
 ARCH = "controlvector"
 KEY_MODEL_HINT = f"{ARCH}.model_hint"
@@ -169,7 +170,7 @@ def export_gguf(steerer_or_vectors: VectorsLike, path: str | os.PathLike[str], *
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    from .. import __version__
+    from ..version import __version__
 
     try:
         writer = gguf.GGUFWriter(str(tmp), ARCH, use_temp_file=False)
@@ -187,7 +188,7 @@ def export_gguf(steerer_or_vectors: VectorsLike, path: str | os.PathLike[str], *
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, umask_mode("file"))
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -210,10 +211,11 @@ def _collect(obj: VectorsLike) -> tuple[dict[int, Tensor], float, str, str]:
                 "{layer: vector} dict."
             )
         raise PersistenceError(
-            f"{type(obj).__name__} (method {obj.method!r}) computes a different vector for every input, so it has no "
-            "single direction to write: a llama.cpp control vector is static (one vector per layer for all inputs). "
-            "Only static vectors can be exported: fit a MeanSteer or MeanSteerBA on the same items and export that, "
-            "or pass a {layer: vector} dict."
+            f"{type(obj).__name__} (method {obj.method!r}) has no static vectors: it computes a different vector for "
+            "every input (L2S, P2S, classify-then-steer), decides per input whether to steer (conditional), or "
+            "ablates a direction (ablate, ablate_add), and a llama.cpp control vector can only add one fixed vector "
+            "per layer for all inputs. Only static vectors can be exported: fit a MeanSteer, PCADiff, PCACenter or "
+            "probe on the same items and export that, or pass a {layer: vector} dict."
         )
     raise DataError(
         f"export_gguf takes a MeanSteer, MeanSteerBA, StaticVectors or a dict {{layer: vector}}, got "

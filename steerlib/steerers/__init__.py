@@ -20,12 +20,27 @@ from .mean import MeanSteer, MeanSteerBA
 from .p2s import P2S, NormRandom, P2SBased, P2SParams
 from .sharing import fit_sharing_extraction
 from .static import StaticVectors
+from .pca import PCACenter, PCADiff
+from .probe import LinearProbe, LogisticProbe
+from .classify import ClassifySteer
+from .ablation import AblateThenAdd, DirectionalAblation
+from .conditional import ConditionalSteer
+from .compose import Composite
 
 #: Every steering method by name: a read-only view of the registry that each ``Steerer`` subclass
 #: joins by setting ``method`` (so a new method is one module here, and nothing else names it).
 METHODS: Mapping[str, type[Steerer]] = MappingProxyType(Steerer._registry)
 
 __all__ = [
+    "AblateThenAdd",
+    "ClassifySteer",
+    "Composite",
+    "ConditionalSteer",
+    "DirectionalAblation",
+    "LinearProbe",
+    "LogisticProbe",
+    "PCACenter",
+    "PCADiff",
     "GATE_GRID",
     "L2S",
     "METHODS",

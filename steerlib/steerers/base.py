@@ -36,10 +36,38 @@ FORMAT_VERSION = 1
 
 
 def as_items(inputs: Inputs | ContrastiveItem | str) -> list[ContrastiveItem]:
-    """Accept items or plain prompt strings."""
+    """Accept items or plain prompt strings (one, or a sequence of them).
+
+    Raises:
+        InputError: anything else (a dict, a chat-message list, a DataFrame, a ``datasets.Dataset``,
+            a number, ...); the message names what was given and what to pass instead.
+    """
     if isinstance(inputs, (str, ContrastiveItem)):
-        inputs = [inputs]
-    return [x if isinstance(x, ContrastiveItem) else ContrastiveItem(prompt=str(x)) for x in inputs]
+        return [inputs if isinstance(inputs, ContrastiveItem) else ContrastiveItem(prompt=inputs)]
+    if hasattr(inputs, "columns") or hasattr(inputs, "column_names"):
+        raise InputError(f"Got a {type(inputs).__name__} as inputs: convert it first with "
+                         "steerlib.data.items_from_table(table) (columns prompt, positive, negative, behavior), "
+                         "or pass a list of prompt strings.")
+    if isinstance(inputs, (bytes, dict)) or not hasattr(inputs, "__iter__"):
+        raise InputError(f"Inputs must be a prompt string, a ContrastiveItem or a list of them; got a "
+                         f"{type(inputs).__name__}.")
+    out: list[ContrastiveItem] = []
+    for i, x in enumerate(inputs):
+        if isinstance(x, ContrastiveItem):
+            out.append(x)
+        elif isinstance(x, str):
+            out.append(ContrastiveItem(prompt=x))
+        elif isinstance(x, dict) and "role" in x and "content" in x:
+            raise InputError(f"Input {i} is a chat message ({x.get('role')!r}); a prompt is one user turn: pass its "
+                             "content as a string, and a system message with SteerableModel(..., system_prompt=...) "
+                             "(steerlib --system). Multi-turn conversations are not supported yet.")
+        elif isinstance(x, dict):
+            raise InputError(f"Input {i} is a dict with keys {sorted(map(str, x))}, not a prompt string or a "
+                             "ContrastiveItem; convert records with steerlib.ContrastiveItem.from_records(rows).")
+        else:
+            raise InputError(f"Input {i} is a {type(x).__name__}, not a prompt string or a ContrastiveItem; "
+                             "pass strings (or items from steerlib.data).")
+    return out
 
 
 class Steerer:
@@ -135,6 +163,29 @@ class Steerer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params(deep=False).items())
         return f"{type(self).__name__}({args})"
+
+    # ------------------------------------------------------------------ arithmetic --
+    # ``a + 0.5 * b``, ``a - b``, ``-a``: the registered "compose" method's combine rules (static
+    # operands give a StaticVectors, others a Composite; see steerlib.steerers.compose).
+    def __mul__(self, k: float) -> "Steerer":
+        return Steerer._registry["compose"].scaled(self, k)  # type: ignore[attr-defined,no-any-return]
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, k: float) -> "Steerer":
+        return self * (1.0 / k)
+
+    def __neg__(self) -> "Steerer":
+        return self * -1.0
+
+    def __add__(self, other: "Steerer") -> "Steerer":
+        return Steerer._registry["compose"].added(self, other)  # type: ignore[attr-defined,no-any-return]
+
+    def __radd__(self, other: Any) -> "Steerer":
+        return self if isinstance(other, int) and other == 0 else NotImplemented  # sum([a, b]) starts at 0
+
+    def __sub__(self, other: "Steerer") -> "Steerer":
+        return self + (-other)
 
     # ------------------------------------------------------------------ protocol ----
     @property
@@ -274,10 +325,23 @@ class Steerer:
         for name in self._tensors:
             setattr(self, name, tensors[name])
 
-    def save_pretrained(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Write ``steerer.json`` (metadata), ``steerer.safetensors`` and a model card, atomically."""
+    def save_pretrained(self, path: str | os.PathLike[str], *, overwrite: bool = False,
+                        metrics: dict[str, float] | None = None, datasets: Sequence[str] | None = None,
+                        license: str | None = None) -> Path:
+        """Write ``steerer.json`` (metadata), ``steerer.safetensors`` and a model card (``README.md``), atomically.
+
+        Args:
+            path: the folder to write (files get the user's umask, like any other file).
+            overwrite: replace an existing folder.
+            metrics: name -> value shown in the model card (e.g. the demo's or ``compare``'s measurements).
+            datasets: Hub ids (or names) of the training data, for the card's metadata.
+            license: the card's licence (e.g. the base model's, ``"apache-2.0"``).
+
+        Returns:
+            The folder written.
+        """
         self.check_fitted()
-        from .. import __version__
+        from ..version import __version__
 
         meta = {
             "format_version": FORMAT_VERSION,
@@ -295,12 +359,43 @@ class Steerer:
             "state": self.extra_state(),
         }
         tensors = self.state_tensors() or {"_empty": torch.zeros(0)}
-        return write_dir_atomic(path, {META_FILE: meta, TENSORS_FILE: tensors, "README.md": model_card(meta).encode()},
+        card = model_card(meta, metrics=metrics, datasets=datasets, license=license)
+        return write_dir_atomic(path, {META_FILE: meta, TENSORS_FILE: tensors, "README.md": card.encode()},
                                 overwrite=overwrite)
 
+    def save(self, path: str | os.PathLike[str], **kwargs: Any) -> Path:
+        """The same as :meth:`save_pretrained`."""
+        return self.save_pretrained(path, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, commit_message: str | None = None,
+                    revision: str | None = None, token: str | None = None, **save_kwargs: Any) -> Any:
+        """Save this steerer (:meth:`save_pretrained`) and upload the folder to the Hugging Face Hub
+        through ``huggingface_hub.HfApi`` (``create_repo(exist_ok=True)``, then ``upload_folder``).
+
+        Returns:
+            ``upload_folder``'s commit info.
+        """
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        self.check_fitted()
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory(prefix="steerlib-push-") as tmp:
+            folder = self.save_pretrained(Path(tmp) / "steerer", **save_kwargs)
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            return api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", revision=revision,
+                                     commit_message=commit_message or f"Upload {type(self).__name__} steerer (steerlib)")
+
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str], model: SteerableModel | None = None) -> "Steerer":
-        """Load any saved steerer; with ``model``, check it fits (type, hidden size, layer count)."""
+    def from_pretrained(cls, path: str | os.PathLike[str], model: SteerableModel | None = None, *,
+                        revision: str | None = None) -> "Steerer":
+        """Load any saved steerer from a folder or a Hugging Face Hub repo id (``"user/steerer"``, through
+        ``huggingface_hub.snapshot_download`` at ``revision``; ``HF_HUB_OFFLINE=1`` reads the local HF cache only).
+
+        With ``model``, check it fits: a different type, hidden size or layer count refuses; another
+        repo id or commit of the same shape warns."""
+        path = resolve_steerer_path(path, revision)
         meta, tensors = read_steerer_dir(path)
         if meta.get("library") != "steerlib" or "method" not in meta:
             raise PersistenceError(f"{path} was not written by steerlib's save_pretrained (no library/method "
@@ -340,12 +435,71 @@ class Steerer:
         if model is not None:
             obj.check_model(model)
             check_layers(obj.layer, model.num_layers)
+            warn_on_provenance(obj.model_info_, model, path)
         return obj
 
 
+def resolve_steerer_path(path: str | os.PathLike[str], revision: str | None = None) -> Path:
+    """A local folder as is; a Hub repo id (not an existing path) downloaded with ``snapshot_download``."""
+    local = Path(path).expanduser()
+    repo = None if local.exists() else hub_repo_id(str(path))
+    if repo is None:
+        if revision is not None and local.exists():
+            raise InputError(f"revision={revision!r} applies to a Hub repo id, but {path} is a local folder.")
+        return local
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id=repo, revision=revision, repo_type="model",
+                                      allow_patterns=[META_FILE, TENSORS_FILE, "README.md"]))
+    except LocalEntryNotFoundError as e:
+        raise PersistenceError(f"No saved steerer at {path}: not a local folder, and the Hub repo {repo!r} "
+                               f"(revision {revision or 'main'}) is not in the local Hugging Face cache while "
+                               "HF_HUB_OFFLINE is set (or the Hub cannot be reached). Download it once online, "
+                               "or give the folder written by save_pretrained.") from e
+    except (RepositoryNotFoundError, RevisionNotFoundError, HfHubHTTPError) as e:
+        raise PersistenceError(f"No saved steerer at {path}: the Hub repo {repo!r} (revision {revision or 'main'}) "
+                               f"could not be read ({type(e).__name__}). Check the id and revision, or log in "
+                               "(huggingface-cli login) for a private repo.") from e
+
+
+def hub_repo_id(name: str | None) -> str | None:
+    """``name`` when it reads as a Hugging Face Hub repo id (``owner/name``) and is not a local
+    path; else None."""
+    if not name or not isinstance(name, str):
+        return None
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}", name) or ".." in name:
+        return None
+    return None if Path(name).expanduser().exists() else name
+
+
 def model_info(model: SteerableModel) -> dict[str, Any]:
-    return {"model_type": model.model_type, "name": model.name, "family": model.adapter.family,
-            "hidden_size": model.hidden_size, "num_layers": model.num_layers}
+    """What a saved steerer records about its base model: shapes (checked on load) and provenance
+    (the hub repo id and commit hash when known; a mismatch on load warns). Never a local path:
+    a model loaded from a folder is named by the folder's last part."""
+    cfg = model.model.config
+    repo = hub_repo_id(model.name)
+    name = repo or (Path(model.name.rstrip("/")).name or model.model_type)
+    commit = getattr(cfg, "_commit_hash", None)
+    return {"model_type": model.model_type, "name": name, "family": model.adapter.family,
+            "hidden_size": model.hidden_size, "num_layers": model.num_layers, "repo_id": repo,
+            "commit_hash": commit if isinstance(commit, str) else None}
+
+
+def warn_on_provenance(info: dict[str, Any], model: SteerableModel, where: object) -> None:
+    """Warn when a steerer was fitted on another checkpoint of the same shape (repo id or commit differs)."""
+    import warnings
+
+    now = model_info(model)
+    for key in ("repo_id", "commit_hash"):
+        old, new = info.get(key), now.get(key)
+        if old and new and old != new:
+            warnings.warn(f"{where} was fitted on {key} {old!r}, this model has {new!r}: same shapes, but the "
+                          "vectors may not transfer between checkpoints; refit it on this model if results look off.",
+                          UserWarning, stacklevel=3)
 
 
 def check_compatible(info: dict[str, Any], model: SteerableModel) -> None:
@@ -367,30 +521,44 @@ def check_compatible(info: dict[str, Any], model: SteerableModel) -> None:
         )
 
 
-def model_card(meta: dict[str, Any]) -> str:
-    """A short README.md so a saved folder can be published on a model hub as is."""
+def model_card(meta: dict[str, Any], *, metrics: dict[str, float] | None = None,
+               datasets: Sequence[str] | None = None, license: str | None = None) -> str:
+    """The ``README.md`` of a saved folder, built with ``huggingface_hub.ModelCard`` / ``ModelCardData``
+    (valid Hub metadata). ``base_model`` is the base model's repo id when known, never a local path;
+    ``metrics`` (name -> value, e.g. from ``compare`` or the demo) go into the card's metadata."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     m = meta["model"]
     p = meta["params"]
+    repo = m.get("repo_id") or hub_repo_id(m.get("name"))
+    name = repo or m.get("name")
+    extra = {"steerlib_metrics": {str(k): float(v) for k, v in metrics.items()}} if metrics else {}
+    data = ModelCardData(library_name="steerlib", tags=["steering", "activation-steering", str(meta["method"])],
+                         base_model=repo, license=license, datasets=list(datasets) if datasets else None, **extra)
     rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(p.items()))
-    return f"""---
-library_name: steerlib
-tags: [steering, activation-steering, {meta['method']}]
-base_model: {m.get('name')}
+    load = (f'from transformers import AutoModelForCausalLM, AutoTokenizer\n'
+            f'from steerlib import SteerableModel, Steerer\n'
+            f'sm = SteerableModel(AutoModelForCausalLM.from_pretrained("{repo}"), AutoTokenizer.from_pretrained("{repo}"))\n'
+            if repo else
+            'from steerlib import SteerableModel, Steerer\n'
+            'sm = SteerableModel(model, tokenizer)   # the base model this steerer was fitted on\n')
+    metric_lines = ("\n".join(f"| {k} | {v:.3g} |" for k, v in metrics.items()) if metrics else "")
+    results = f"\n## Results\n\n| metric | value |\n|---|---|\n{metric_lines}\n" if metrics else ""
+    content = f"""---
+{data.to_yaml()}
 ---
 
-# {meta['class']} steerer for `{m.get('name')}`
+# {meta['class']} steerer for `{name}`
 
-A steering module made with [steerlib](https://pypi.org/project/steerlib/) {meta['library_version']}:
+A steering module made with steerlib {meta['library_version']}:
 method **{meta['method']}**, added at layer **{meta['layer']}** (output of decoder block {meta['layer']}) with
 default strength **alpha = {meta['alpha']}** at positions **{meta['positions']}**.
 
 - model type `{m.get('model_type')}`, family `{m.get('family')}`, hidden size {m.get('hidden_size')}, {m.get('num_layers')} layers
 - fitted on {meta['n_items']} contrastive items (sha256 `{meta['items_sha256'][:16]}…`)
-
+{results}
 ```python
-from steerlib import SteerableModel
-from steerlib.steerers import Steerer
-steerer = Steerer.from_pretrained("path/to/this/folder", model=sm)   # sm = SteerableModel(model, processor)
+{load}steerer = Steerer.from_pretrained("path/or/repo-id/of/this/steerer", model=sm)
 print(steerer.generate(sm, ["Your prompt"]))
 ```
 
@@ -400,3 +568,4 @@ print(steerer.generate(sm, ["Your prompt"]))
 
 Files: `steerer.json` (metadata), `steerer.safetensors` (tensors). No pickle.
 """
+    return str(ModelCard(content))

@@ -34,6 +34,13 @@ INITS: tuple[str, ...] = ("svd", "dict", "random")
 GATE_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 """Gate values (fractions of the mean non-zero target norm) that ``gate="cv"`` chooses from."""
 
+SELECTIVE: dict[str, Any] = {"hidden": 64, "lr": 1e-3, "class_balance": True, "l1_weight": 20.0, "gate": "cv"}
+"""The selective recipe (:meth:`L2S.selective`): for training sets where some behaviours have the
+target "leave unchanged" (zero P2S vectors, e.g. benign prompts). Class balance and a strong L1
+term drive g's output on those inputs towards 0, and the cross-validated gate zeroes what is left,
+so they run exactly unsteered. These are the settings ``steerlib demo`` measures; the paper's
+defaults (``L2S()``: no class balance, L1 weight 1, no gate) change benign answers too."""
+
 
 class SteeringNet(nn.Module):
     """g: Linear(D -> K, bias) -> Tanh -> Linear(K -> D, no bias)."""
@@ -147,6 +154,21 @@ class L2S(P2SBased):
         self.warmup_epochs = warmup_epochs
         self.gate = gate
         self.gate_folds = gate_folds
+
+    @classmethod
+    def selective(cls, layer: int = 0, **overrides: Any) -> "L2S":
+        """L2S with the selective recipe (:data:`SELECTIVE`): steer the behaviours that have a target,
+        leave the zero-target ones ("benign -> unchanged") exactly unsteered.
+
+        ``L2S.selective(15)`` is ``L2S(15, hidden=64, lr=1e-3, class_balance=True, l1_weight=20.0,
+        gate="cv")``; any argument of :class:`L2S` overrides the recipe's. Fitting needs items of a
+        zero-target behaviour and of at least one other (the gate is cross-validated between them).
+
+        Example:
+            >>> L2S.selective(15, input_layer=12).gate
+            'cv'
+        """
+        return cls(layer, **{**SELECTIVE, **overrides})
 
     @property
     def source_layer(self) -> int:

