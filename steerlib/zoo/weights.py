@@ -376,7 +376,9 @@ def _load(spec: RealModelSpec, dtype: torch.dtype, cache_dir: str | os.PathLike[
         load=lambda: _load_cached(folder, dtype),
         build=lambda: _build_cache(spec, packages, folder, expected),
     )
-    if spec.repo_id:  # name the upstream repo, not the local cache folder (a saved steerer's base_model)
+    from transformers import PreTrainedModel
+
+    if spec.repo_id and isinstance(model, PreTrainedModel):  # name the upstream repo, not the local cache folder (a saved steerer's base_model)
         model.config._name_or_path = spec.repo_id
     return model, tokenizer
 
