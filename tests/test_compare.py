@@ -291,7 +291,7 @@ def test_metrics_match_hand_computations(reference, tmp_path):
             r["text"] = texts[r["id"]]
             # benign-100 keeps the unsteered ids, benign-101 differs at its first token
             r["token_ids"] = ref_ids[r["id"]] if r["id"] == "benign-100" else [9999] + ref_ids[r["id"]][1:]
-    (out / CACHE_FILE).write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    (out / CACHE_FILE).write_text("".join(json.dumps(store_mod.seal(r)) + "\n" for r in recs), encoding="utf-8")
     row = load_result(out).row("mean", 0.5)
     hand = {
         "refusal": [is_refusal(texts[f"harmful-{i}"]) for i in (100, 101)],

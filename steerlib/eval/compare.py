@@ -35,9 +35,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,19 +57,30 @@ from ..steerers import METHODS, NoSteer, Steerer, fit_sharing_extraction
 from ..steerers.base import model_info
 from .judges import Judge
 from .metrics import perplexity, strip_trailing_pad
+from .distributed import Distributed, ranks, shard
 from .rows import CompareResult, MetricConfig, RunSpec, compute_rows, load_result
 from .store import (
     CACHE_FILE,
+    CHECKSUM_FIELD,
     GEN_KEY,
+    LOCK_FILE,
     PPL_SCORER,
     RUN_FILE,
     SCORE_KEY,
     SCORES_FILE,
     STEERERS_DIR,
     JsonlCache,
+    consolidate,
+    folder_lock,
+    item_digest,
+    model_fingerprint,
+    part_file,
     read_manifest,
+    rejected_file,
     write_manifest,
 )
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "BATCHING",
@@ -125,6 +138,7 @@ def compare(
     resume: bool = True,
     progress: bool = True,
     save_steerers: bool = True,
+    distributed: Distributed = "auto",
 ) -> CompareResult:
     """Run every method x alpha x layer on ``eval_items`` and score the outputs.
 
@@ -165,9 +179,14 @@ def compare(
         steerer_kwargs: constructor arguments per method name; the key ``"*"`` goes to every
             method whose constructor takes the argument (e.g. ``{"*": {"reduction": "last"}}``).
         generate_kwargs: extra ``model.generate`` arguments (part of the cache key).
-        resume: reuse ``out_dir``'s cache and fitted steerers; ``False`` deletes them first.
+        resume: reuse ``out_dir``'s cache and fitted steerers; ``False`` first deletes the files an
+            earlier compare run listed as written there (and refuses a folder that holds files but
+            no compare manifest).
         progress: tqdm bars on fitting, generation and scoring.
-        save_steerers: save fitted steerers under ``out_dir/steerers``.
+        save_steerers: save fitted steerers under ``out_dir/steerers`` (always, with several ranks).
+        distributed: ``"auto"``: under ``torchrun`` (or with ``torch.distributed`` initialised), the
+            ranks share the work (see :mod:`steerlib.eval.distributed` and the docs' "Running on
+            several processes / GPUs"); every rank returns the same result. ``"off"``: one process.
 
     Returns:
         A :class:`~steerlib.eval.rows.CompareResult` whose rows are computed from the cache.
@@ -176,6 +195,8 @@ def compare(
         DataError: unknown method, bad grid, duplicate item ids, no training items for a method
             that learns. InputError: image items for a text-only model. CompatibilityError:
             ``out_dir`` holds a run of another model (use another folder or ``resume=False``).
+            PersistenceError: another run holds ``out_dir``'s lock, or ``resume=False`` on a folder
+            that is not a compare folder.
     """
     runner = _Runner(model, train_items, eval_items, methods, alphas, layers, out_dir=Path(out_dir),
                      max_new_tokens=max_new_tokens, batch_size=batch_size, batching=batching,
@@ -183,7 +204,7 @@ def compare(
                      positions=positions, judge=judge, metrics=metrics or MetricConfig(), fluency=fluency,
                      fluency_batch_size=fluency_batch_size, steerer_kwargs=steerer_kwargs or {},
                      generate_kwargs=dict(generate_kwargs or {}), resume=resume, progress=progress,
-                     save_steerers=save_steerers)
+                     save_steerers=save_steerers, distributed=distributed)
     return runner.run()
 
 
@@ -196,7 +217,8 @@ class _Runner:
                  max_new_tokens: int, batch_size: int, batching: str, max_batch_tokens: int | None,
                  reuse_unsteered_rows: bool, positions: str | None, judge: Judge | None, metrics: MetricConfig,
                  fluency: bool, fluency_batch_size: int | None, steerer_kwargs: Mapping[str, Mapping[str, Any]],
-                 generate_kwargs: dict[str, Any], resume: bool, progress: bool, save_steerers: bool) -> None:
+                 generate_kwargs: dict[str, Any], resume: bool, progress: bool, save_steerers: bool,
+                 distributed: Distributed = "auto") -> None:
         if not isinstance(model, SteerableModel):
             raise InputError(f"compare needs a SteerableModel, got {type(model).__name__}; wrap it with "
                              "SteerableModel(model, processor).")
@@ -247,6 +269,14 @@ class _Runner:
         self.progress = progress
         self.save_steerers = save_steerers
         self.model_info = _run_model_info(model)
+        self.model_fp = model_fingerprint(model.model)
+        self.digests = {it.id: item_digest(it.prompt, it.positive, it.negative, it.behavior, it.images)
+                        for it in self.eval}
+        self.batch_key = f"{batching}:{batch_size}" + (f":{max_batch_tokens}" if max_batch_tokens else "")
+        self.distributed: Distributed = distributed
+        self.fits: dict[str, str] = {}
+        self.written: set[str] = set()
+        self.n_rejected = 0
         self.train_hash = items_hash(self.train) if self.train else ""
         self.templates = self._templates(methods)
         self.alphas = self._alpha_grid(alphas)
@@ -350,7 +380,8 @@ class _Runner:
 
     # ---------------------------------------------------------------------------- specs -----
     def _baseline_spec(self, name: str, s: Steerer) -> RunSpec:
-        return RunSpec(name, None, None, None, self.max_new_tokens, self._fingerprint(s, "baseline"), self.gen_json)
+        return RunSpec(name, None, None, None, self.max_new_tokens, self._fingerprint(s, "baseline"), self.gen_json,
+                       self.batch_key)
 
     def _fingerprint(self, s: Steerer, kind: str) -> str:
         """What was fitted: class and hyperparameters, plus the training set (``"learner"``: fitted
@@ -359,7 +390,7 @@ class _Runner:
         if kind == "baseline":
             params.pop("layer", None)
         payload: dict[str, Any] = {"class": type(s).__name__, "method": s.method, "params": params,
-                                   "model": self.model_info}
+                                   "model": self.model_info, "weights": self.model_fp}
         if kind == "given":
             payload["items"] = getattr(s, "items_hash_", "")
             payload["tensors"] = _tensor_digest(s)
@@ -375,113 +406,250 @@ class _Runner:
         return name, NoSteer()
 
     # ---------------------------------------------------------------------------- run -------
-    def run(self) -> CompareResult:
-        self._prepare_out_dir()
-        self.gens = JsonlCache(self.out / CACHE_FILE, GEN_KEY)
-        self.scores = JsonlCache(self.out / SCORES_FILE, SCORE_KEY)
+    def _plan(self) -> tuple[list[list[tuple[str, RunSpec, int | None]]], dict[str, Steerer], dict[str, Steerer]]:
+        """The grid in run order, as phases: the unsteered reference, the other baselines and given
+        steerers, then one phase per layer (its learners share one fit). Sets ``self.specs``."""
         ref_name, ref = self._reference()
         self.ref_name = ref_name
         baselines = {ref_name: ref, **{n: s for n, s in self.templates.items() if not s.adds_vectors}}
         fitted_given = {n: s for n, s in self.templates.items() if s.is_fitted and s.adds_vectors}
         learners = {n: s for n, s in self.templates.items() if n not in baselines and n not in fitted_given}
-        # the grid, in run order: baselines, then layer by layer
-        specs: list[RunSpec] = []
-        plan: list[tuple[str, RunSpec, int | None]] = []
+        ready: list[tuple[str, RunSpec, int | None]] = []
         for name, s in baselines.items():
-            sp = self._baseline_spec(name, s)
-            specs.append(sp)
-            plan.append((name, sp, None))
+            ready.append((name, self._baseline_spec(name, s), None))
         for name, s in fitted_given.items():
             for a in self._alphas_for(name):
-                sp = RunSpec(name, s.layer, a, self.positions or s.positions, self.max_new_tokens,
-                             self._fingerprint(s, "given"), self.gen_json)
-                specs.append(sp)
-                plan.append((name, sp, None))
+                ready.append((name, RunSpec(name, s.layer, a, self.positions or s.positions, self.max_new_tokens,
+                                            self._fingerprint(s, "given"), self.gen_json, self.batch_key), None))
+        phases = [ready[:1], ready[1:]]
         for layer in self.layers:
+            phase = []
             for name, t in learners.items():
                 s = self._at_layer(name, t, layer)
                 fp = self._fingerprint(s, "learner")
                 for a in self._alphas_for(name):
-                    sp = RunSpec(name, layer, a, self.positions or s.positions, self.max_new_tokens, fp, self.gen_json)
-                    specs.append(sp)
-                    plan.append((name, sp, layer))
-        self.specs = specs
-        self.ref_spec = specs[0]
-        self._write_manifest(complete=False)
+                    phase.append((name, RunSpec(name, layer, a, self.positions or s.positions, self.max_new_tokens,
+                                                fp, self.gen_json, self.batch_key), layer))
+            phases.append(phase)
+        self.specs = [sp for phase in phases for _, sp, _ in phase]
+        self.ref_spec = self.specs[0]
+        return [p for p in phases if p], {**baselines, **fitted_given}, learners
 
-        bar = tqdm(total=len(plan), desc="compare", unit="config", disable=not self.progress)
+    def run(self) -> CompareResult:
+        self.ranks = ranks(self.distributed, self.model.device)
+        R = self.ranks
+        if R.distributed:
+            self.save_steerers = True  # the other ranks load what rank 0 fits
+        phases, given, learners = self._plan()
+        with contextlib.ExitStack() as stack:
+            self._on_main(lambda: self._open_out_dir(stack))
+            self._on_main(self._consolidate)
+            self.fits = R.broadcast(self.fits)
+            self.written = R.broadcast(self.written)
+            if not R.is_main:
+                self._reload()
+            return self._run_phases(phases, given, learners)
+
+    def _on_main(self, fn: Callable[[], None]) -> None:
+        """Collective: run ``fn`` on rank 0; a user-facing error there stops every rank with its message."""
+        err: BaseException | None = None
+        if self.ranks.is_main:
+            try:
+                fn()
+            except (SteerlibError, OSError) as e:
+                err = e
+        self.ranks.raise_if_any(err)
+
+    def _run_phases(self, phases: list[list[tuple[str, RunSpec, int | None]]], given: Mapping[str, Steerer],
+                    learners: Mapping[str, Steerer]) -> CompareResult:
+        R = self.ranks
+        ready: dict[str, Steerer] = {n: (s if s.is_fitted else s.fit(self.model, [])) for n, s in given.items()}
+        bar = tqdm(total=len(self.specs), desc="compare", unit="config", disable=not self.progress or not R.is_main)
         try:
-            ready: dict[str, Steerer] = {}
-            for name, s in baselines.items():
-                ready[name] = s if s.is_fitted else s.fit(self.model, [])
-            ready.update(fitted_given)
-            fitted: dict[int, dict[str, Steerer]] = {}
-
-            def steerer_for(name: str, layer: int | None) -> Steerer:
-                if layer is None:
-                    return ready[name]
-                if layer not in fitted:  # fit (or load) a layer only when one of its batches is missing
-                    fitted.clear()
-                    fitted[layer] = self._fit_layer(layer, learners)
-                return fitted[layer][name]
-
-            for name, sp, layer in plan:
-                bar.set_postfix_str(sp.label)
-                self._generate(sp, lambda name=name, layer=layer: steerer_for(name, layer))
-                bar.update(1)
+            for phase in phases:
+                layer = phase[0][2]
+                missing = [self._missing(sp) for _, sp, _ in phase]
+                self.n_reused += sum(len(self.eval) - len(m) for m in missing)
+                if not any(missing):
+                    bar.update(len(phase))
+                    continue
+                steerers = ready if layer is None else self._fit_collectively(layer, learners)
+                units: list[tuple[RunSpec, Steerer, str, list[int]]] = []
+                for (name, sp, _), miss in zip(phase, missing):
+                    if miss:
+                        units += self._units(sp, steerers[name], miss)
+                mine = shard(units, R.rank, R.world_size)
+                desc = "generate" if layer is None else f"generate L{layer}"
+                for sp, steerer, kind, rows in tqdm(mine, desc=desc, unit="batch", leave=False,
+                                                    disable=not self.progress or len(mine) < 2):
+                    bar.set_postfix_str(sp.label)
+                    if kind == "copy":
+                        self._copy_unsteered(sp, rows)
+                    else:
+                        self._generate_rows(sp, steerer, rows)
+                bar.update(len(phase))
+                self._sync()
         finally:
             bar.close()
-        if self.judge is not None:
-            self._judge()
-        if self.fluency:
-            self._fluency()
-        self._write_manifest(complete=True)
+        if self.judge is not None or self.fluency:
+            self._on_main(self._score)
+            self._sync()
+        counts = R.gather((self.n_generated, self.n_copied))
+        self.n_generated = sum(c[0] for c in counts)
+        self.n_copied = sum(c[1] for c in counts)
+        if R.is_main:
+            self._write_manifest(complete=True)
+        self.manifest = R.broadcast(getattr(self, "manifest", {}))
+        R.barrier()
         rows = compute_rows(self.gens.records, self.specs, self._items_info(), self.ref_spec, self.cfg,
                             scores=self.scores.records, judge_name=getattr(self.judge, "name", None),
                             pad_token_id=self.pad_id, fluency=self.fluency, max_new_tokens=self.max_new_tokens)
         return CompareResult(rows=rows, out_dir=self.out, specs=list(self.specs), manifest=self.manifest,
-                             n_generated=self.n_generated, n_reused=self.n_reused, n_copied=self.n_copied)
+                             n_generated=self.n_generated, n_reused=self.n_reused, n_copied=self.n_copied,
+                             n_rejected=self.n_rejected)
 
-    def _prepare_out_dir(self) -> None:
+    def _score(self) -> None:
+        if self.judge is not None:
+            self._judge()
+        if self.fluency:
+            self._fluency()
+
+    # ---------------------------------------------------------------------------- the store -
+    def _open_out_dir(self, stack: contextlib.ExitStack) -> None:
+        """Rank 0: check ``out_dir``, take its lock, and (``resume=False``) delete what compare wrote there."""
         out = self.out
         if out.exists() and not out.is_dir():
             raise PersistenceError(f"{out} exists and is not a folder; choose another output folder.")
+        old = read_manifest(out) if (out / RUN_FILE).is_file() else None  # refuses a foreign run.json
+        if old is None and not self.resume and out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
+            raise PersistenceError(
+                f"{out} is not a compare folder (it has files but no {RUN_FILE} written by compare), so "
+                "resume=False (--no-resume) will not delete anything there. Give an empty or new output folder.")
         out.mkdir(parents=True, exist_ok=True)
-        if not self.resume:
-            for name in (CACHE_FILE, SCORES_FILE, RUN_FILE):
-                (out / name).unlink(missing_ok=True)
-            shutil.rmtree(out / STEERERS_DIR, ignore_errors=True)
-            return
-        if (out / RUN_FILE).is_file():
-            old = read_manifest(out)
+        stack.enter_context(folder_lock(out))
+        if old is not None and self.resume:
             if old.get("model") != self.model_info:
                 raise CompatibilityError(
                     f"{out} holds a comparison of model {old.get('model', {}).get('name')!r} "
                     f"({old.get('model')}), but this model is {self.model_info}. Use another output folder, "
-                    "or pass resume=False (CLI: --no-resume) to start over there."
-                )
+                    "or pass resume=False (CLI: --no-resume) to start over there.")
+            self.fits = {str(k): str(v) for k, v in (old.get("steerers") or {}).items()}
+            self.written = set(_written_by(old)) | self.written
+        elif old is not None:
+            for rel in sorted(_written_by(old), reverse=True):
+                _remove_written(out, rel)
+            steerers = out / STEERERS_DIR
+            if steerers.is_dir() and not any(steerers.iterdir()):
+                steerers.rmdir()
+
+    def _consolidate(self) -> None:
+        """Rank 0: merge rank parts, set aside bad and stale records, say what was found, write the manifest."""
+        digests = self.digests
+        gens, gcheck = consolidate(self.out, CACHE_FILE, GEN_KEY, validate=_check_generation,
+                                   stale=lambda r: r.get("id") in digests and r.get("item") != digests[r["id"]])
+        shas = {k: r.get(CHECKSUM_FIELD) for k, r in gens.records.items()}
+        scores, scheck = consolidate(self.out, SCORES_FILE, SCORE_KEY, validate=_check_score,
+                                     stale=lambda r: r.get("gen") != shas.get((r["method"], r["config"], r["id"])))
+        if not hasattr(self, "store_checks"):  # what this run found when it started
+            self.store_checks = {"generations": gcheck.as_dict(), "scores": scheck.as_dict()}
+            self.n_rejected = gcheck.dropped
+            for c in (gcheck, scheck):
+                msg = c.summary()
+                if msg:
+                    _log.warning("compare: %s", msg)
+                    tqdm.write(f"compare: {msg}")
+            self._write_manifest(complete=False)
+        self.gens, self.scores = gens, scores
+        self._point_writes()
+
+    def _reload(self) -> None:
+        """Read the consolidated store (ranks other than 0, after rank 0 consolidated it)."""
+        self.gens = JsonlCache(self.out / CACHE_FILE, GEN_KEY, repair=False, validate=_check_generation)
+        self.scores = JsonlCache(self.out / SCORES_FILE, SCORE_KEY, repair=False, validate=_check_score)
+        self._point_writes()
+
+    def _point_writes(self) -> None:
+        """One process appends to the store's files; rank ``r`` of several to its own part."""
+        if self.ranks.distributed:
+            self.gens.write_to = self.out / part_file(CACHE_FILE, self.ranks.rank)
+            self.scores.write_to = self.out / part_file(SCORES_FILE, self.ranks.rank)
+
+    def _sync(self) -> None:
+        """Collective: every rank's appends merged into the store, and seen by every rank."""
+        R = self.ranks
+        if not R.distributed:
+            return
+        R.barrier()
+        self._on_main(self._consolidate)
+        if not R.is_main:
+            self._reload()
+
+    def _missing(self, spec: RunSpec) -> list[int]:
+        return [i for i, it in enumerate(self.eval) if (spec.method, spec.config, it.id) not in self.gens]
+
+    def _units(self, spec: RunSpec, steerer: Steerer, missing: list[int]) -> list[tuple[RunSpec, Steerer, str, list[int]]]:
+        """The work of ``spec``: its batches that miss a row (whole, so padding never changes), and
+        with ``reuse_unsteered_rows`` one unit copying the rows its steerer leaves unchanged."""
+        miss = set(missing)
+        rows = list(range(len(self.eval)))
+        units: list[tuple[RunSpec, Steerer, str, list[int]]] = []
+        if self.reuse_unsteered and spec != self.ref_spec:
+            rows = self._steered_rows(steerer, spec)
+            steered = set(rows)
+            copy = [i for i in missing if i not in steered]
+            if copy:
+                units.append((spec, steerer, "copy", copy))
+        units += [(spec, steerer, "generate", b) for b in self._batches(rows) if miss.intersection(b)]
+        return units
 
     def _items_info(self) -> list[dict[str, Any]]:
-        return [{"id": it.id, "behavior": it.behavior, "label": _label(it), "has_image": bool(it.images)}
-                for it in self.eval]
+        return [{"id": it.id, "behavior": it.behavior, "label": _label(it), "has_image": bool(it.images),
+                 "item": self.digests[it.id]} for it in self.eval]
 
     def _write_manifest(self, *, complete: bool) -> None:
+        self.written |= {RUN_FILE, CACHE_FILE, SCORES_FILE, rejected_file(CACHE_FILE), rejected_file(SCORES_FILE),
+                         *(part_file(f, r) for f in (CACHE_FILE, SCORES_FILE) for r in range(self.ranks.world_size))}
         self.manifest = write_manifest(self.out, {
             "complete": complete,
-            "model": self.model_info, "specs": [s.as_dict() for s in self.specs],
+            "model": self.model_info, "model_fingerprint": self.model_fp, "specs": [s.as_dict() for s in self.specs],
             "reference": self.ref_spec.as_dict(), "items": self._items_info(),
             "metric_config": self.cfg.as_dict(), "judge": getattr(self.judge, "name", None),
             "fluency": self.fluency, "pad_token_id": self.pad_id, "max_new_tokens": self.max_new_tokens,
             "batch_size": self.batch_size, "batching": self.batching, "max_batch_tokens": self.max_batch_tokens,
             "reuse_unsteered_rows": self.reuse_unsteered, "alphas": self.alphas, "layers": self.layers,
             "methods": list(self.templates), "train_items": len(self.train), "train_items_sha256": self.train_hash,
-            "generate_kwargs": json.loads(self.gen_json),
+            "generate_kwargs": json.loads(self.gen_json), "world_size": self.ranks.world_size,
+            "store": getattr(self, "store_checks", {}), "steerers": dict(sorted(self.fits.items())),
+            "written": sorted(self.written),
         })
 
     # ---------------------------------------------------------------------------- fitting ---
-    def _fit_layer(self, layer: int, learners: Mapping[str, Steerer]) -> dict[str, Steerer]:
-        """Every learner at ``layer``: loaded from ``out_dir/steerers`` when it matches, else fitted
-        (learners with equal extraction settings share one extraction) and saved."""
+    def _fit_collectively(self, layer: int, learners: Mapping[str, Steerer]) -> dict[str, Steerer]:
+        """Every learner at ``layer``. One process fits or loads them itself; of several, rank 0 fits
+        (or loads) and saves them, then the other ranks load what it saved (so every rank steers
+        with the same tensors, bit for bit)."""
+        R = self.ranks
+        if not R.distributed:
+            got = self._fit_layer(layer, learners)
+            self._write_manifest(complete=False)  # records what was fitted, for a resumed run to load
+            return got
+        got: dict[str, Steerer] = {}
+
+        def fit_on_main() -> None:
+            got.update(self._fit_layer(layer, learners))
+            self._write_manifest(complete=False)
+
+        self._on_main(fit_on_main)
+        self.fits = R.broadcast(self.fits)
+        if R.is_main:
+            return got
+        out = self._fit_layer(layer, learners, load_only=True)
+        return out
+
+    def _fit_layer(self, layer: int, learners: Mapping[str, Steerer], *, load_only: bool = False) -> dict[str, Steerer]:
+        """Every learner at ``layer``: loaded from ``out_dir/steerers`` when it was fitted there with the
+        same settings, data and model, else fitted (learners with equal extraction settings share one
+        extraction) and saved."""
         out: dict[str, Steerer] = {}
         todo: dict[str, Steerer] = {}
         for name, t in learners.items():
@@ -492,13 +660,20 @@ class _Runner:
             loaded = self._load_saved(name, s, layer)
             if loaded is not None:
                 out[name] = loaded
+            elif load_only:
+                raise PersistenceError(f"Rank {self.ranks.rank} cannot load {name} at layer {layer} from "
+                                       f"{self._steerer_dir(name, layer)}, which rank 0 saved; is {self.out} on a "
+                                       "file system every rank sees?")
             else:
                 todo[name] = s
         if todo:
             fit_sharing_extraction(self.model, self.train, todo, progress=self.progress)
             for name, s in todo.items():
                 if self.save_steerers:
+                    rel = f"{STEERERS_DIR}/{name}-L{layer}"
+                    self.written.add(rel)
                     s.save_pretrained(self._steerer_dir(name, layer), overwrite=True)
+                    self.fits[f"{name}-L{layer}"] = self._fingerprint(s, "learner")
                 out[name] = s
         return out
 
@@ -507,7 +682,12 @@ class _Runner:
 
     def _load_saved(self, name: str, want: Steerer, layer: int) -> Steerer | None:
         path = self._steerer_dir(name, layer)
-        if not (self.resume and path.is_dir()):
+        if not (self.resume or self.ranks.distributed) or not path.is_dir():
+            return None
+        if self.fits.get(f"{name}-L{layer}") != self._fingerprint(want, "learner"):
+            if self.ranks.is_main:
+                tqdm.write(f"compare: refitting {name} at layer {layer}: {path} was fitted with other settings, "
+                           "data or model weights (or by an older steerlib)")
             return None
         try:
             got = Steerer.from_pretrained(path, model=self.model)
@@ -551,31 +731,18 @@ class _Runner:
                             f"it must return indices in [0, {n}).")
         return sorted(set(rows))
 
-    def _generate(self, spec: RunSpec, get_steerer: Callable[[], Steerer]) -> None:
-        """Generate the batches of ``spec`` that miss a row (whole batches, so padding never changes);
-        with ``reuse_unsteered_rows``, copy the rows its steerer leaves unchanged from the reference."""
-        have = [(spec.method, spec.config, it.id) in self.gens for it in self.eval]
-        self.n_reused += sum(have)
-        if all(have):
-            return
-        steerer = get_steerer()
-        rows = list(range(len(self.eval)))
-        if self.reuse_unsteered and spec != self.ref_spec:
-            rows = self._steered_rows(steerer, spec)
-            steered = set(rows)
-            self._copy_unsteered(spec, [i for i, ok in enumerate(have) if not ok and i not in steered])
-        todo = [b for b in self._batches(rows) if not all(have[i] for i in b)]
-        for idx in tqdm(todo, desc=f"generate {spec.label}", unit="batch", leave=False,
-                        disable=not self.progress or len(todo) < 2):
-            chunk = [self.eval[i] for i in idx]
-            g = self._generate_chunk(spec, steerer, chunk)
-            recs = [self._record(spec, it, g.texts[k], strip_trailing_pad(g.new_tokens[k].tolist(), self.pad_id))
-                    for k, it in enumerate(chunk)]
-            self.n_generated += self.gens.append(recs)
+    def _generate_rows(self, spec: RunSpec, steerer: Steerer, idx: list[int]) -> None:
+        """Generate one batch (rows ``idx`` of the evaluation list) and append its records."""
+        chunk = [self.eval[i] for i in idx]
+        g = self._generate_chunk(spec, steerer, chunk)
+        recs = [self._record(spec, it, g.texts[k], strip_trailing_pad(g.new_tokens[k].tolist(), self.pad_id))
+                for k, it in enumerate(chunk)]
+        self.n_generated += self.gens.append(recs)
 
     def _record(self, spec: RunSpec, it: ContrastiveItem, text: str, token_ids: list[int]) -> dict[str, Any]:
         return {"method": spec.method, "config": spec.config, "id": it.id, "layer": spec.layer, "alpha": spec.alpha,
-                "behavior": it.behavior, "label": _label(it), "prompt": it.prompt, "text": text, "token_ids": token_ids}
+                "behavior": it.behavior, "label": _label(it), "prompt": it.prompt, "text": text, "token_ids": token_ids,
+                "item": self.digests[it.id]}
 
     def _copy_unsteered(self, spec: RunSpec, idx: list[int]) -> None:
         ref = self.ref_spec
@@ -629,7 +796,7 @@ class _Runner:
                 raise DataError(f"The judge {judge.name!r} returned {len(ps)} scores for {len(part)} responses; "
                                 "it must return one per response.")
             self.scores.append([{"scorer": judge.name, "method": sp.method, "config": sp.config, "id": it.id,
-                                 "value": float(p)} for (sp, it, _), p in zip(part, ps)])
+                                 "value": float(p), "gen": rec[CHECKSUM_FIELD]} for (sp, it, rec), p in zip(part, ps)])
 
     def _fluency(self) -> None:
         tok = self.model.tokenizer
@@ -652,7 +819,7 @@ class _Runner:
             ppl = perplexity(self.model.model, tok, [it.prompt for _, it, _ in part], [r["text"] for _, _, r in part],
                              batch_size=step, chat_template=chat)
             self.scores.append([{"scorer": PPL_SCORER, "method": sp.method, "config": sp.config, "id": it.id,
-                                 "value": float(v)} for (sp, it, _), v in zip(part, ppl)])
+                                 "value": float(v), "gen": rec[CHECKSUM_FIELD]} for (sp, it, rec), v in zip(part, ppl)])
 
     def _fluency_per_output(self, chat: bool) -> None:
         """Perplexity once per distinct (item, output) still unscored, in one length-bucketed pass
@@ -671,8 +838,17 @@ class _Runner:
         ppl = perplexity(self.model.model, self.model.tokenizer, [self.eval[i].prompt for i, _ in pairs],
                          [t for _, t in pairs], batch_size=self.fluency_batch_size,
                          max_batch_tokens=self.max_batch_tokens, chat_template=chat, progress=self.progress)
+        gen = {(sp.method, sp.config, it.id): rec[CHECKSUM_FIELD] for (sp, it), rec in self._gen_records()}
         self.scores.append([{"scorer": PPL_SCORER, "method": sp.method, "config": sp.config, "id": self.eval[i].id,
-                             "value": float(v)} for (i, t), v in zip(pairs, ppl, strict=True) for sp in todo[(i, t)]])
+                             "value": float(v), "gen": gen[(sp.method, sp.config, self.eval[i].id)]}
+                            for (i, t), v in zip(pairs, ppl, strict=True) for sp in todo[(i, t)]])
+
+    def _gen_records(self) -> Iterator[tuple[tuple[RunSpec, ContrastiveItem], dict[str, Any]]]:
+        for sp in self.specs:
+            for it in self.eval:
+                rec = self.gens.get((sp.method, sp.config, it.id))
+                if rec is not None:
+                    yield (sp, it), rec
 
 
 def buildable_methods() -> list[str]:
@@ -770,3 +946,59 @@ def _run_model_info(model: SteerableModel) -> dict[str, Any]:
     loaded from), so a run resumes with the same model loaded from another place."""
     info = model_info(model)
     return {**info, "name": Path(str(info["name"]).rstrip("/")).name or info["name"]}
+
+
+def _check_generation(rec: Mapping[str, Any]) -> str | None:
+    """Why a generation record cannot be used (wrong field types), or None."""
+    if not isinstance(rec.get("text"), str):
+        return "text is not a string"
+    ids = rec.get("token_ids")
+    if not isinstance(ids, list) or any(isinstance(t, bool) or not isinstance(t, int) for t in ids):
+        return "token_ids is not a list of ints"
+    if not isinstance(rec.get("item"), str):
+        return "no item digest"
+    return None
+
+
+def _check_score(rec: Mapping[str, Any]) -> str | None:
+    """Why a score record cannot be used, or None."""
+    v = rec.get("value")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return "value is not a number"
+    if not isinstance(rec.get("gen"), str):
+        return "no generation checksum"
+    return None
+
+
+def _written_by(manifest: Mapping[str, Any]) -> list[str]:
+    """The files a compare run wrote in its folder, as its manifest lists them (format 1 manifests
+    list none: their fixed files and steerer folders)."""
+    listed = manifest.get("written")
+    if isinstance(listed, list):
+        return [str(x) for x in listed]
+    methods = [str(m) for m in manifest.get("methods") or []]
+    layers = [x for x in manifest.get("layers") or [] if isinstance(x, int)]
+    return [CACHE_FILE, SCORES_FILE, RUN_FILE] + [f"{STEERERS_DIR}/{m}-L{x}" for m in methods for x in layers]
+
+
+def _is_compare_file(rel: str) -> bool:
+    """Whether ``rel`` (relative to a compare folder) names a kind of file compare writes there."""
+    if rel in {RUN_FILE, CACHE_FILE, SCORES_FILE, rejected_file(CACHE_FILE), rejected_file(SCORES_FILE)}:
+        return True
+    if any(re.fullmatch(re.escape(part_file(f, 0)).replace("rank0", r"rank\d+"), rel) for f in (CACHE_FILE, SCORES_FILE)):
+        return True
+    head, _, name = rel.partition("/")
+    return head == STEERERS_DIR and re.fullmatch(r"[^/\\]+-L\d+", name) is not None and name not in (".", "..")
+
+
+def _remove_written(out: Path, rel: str) -> None:
+    """Delete one file (or steerer folder) compare wrote in ``out``; names that are not compare's own
+    kinds (a hand-edited manifest) are never touched, and a symlink is removed, not followed."""
+    if not _is_compare_file(rel):
+        _log.warning("compare: not deleting %r listed in the manifest of %s: not a file compare writes", rel, out)
+        return
+    p = out / rel
+    if p.is_symlink() or p.is_file():
+        p.unlink()
+    elif p.is_dir() and rel.startswith(STEERERS_DIR + "/"):
+        shutil.rmtree(p)

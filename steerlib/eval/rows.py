@@ -45,7 +45,7 @@ from .metrics import (
     proportion,
     unsafe_score,
 )
-from .store import CACHE_FILE, GEN_KEY, PPL_SCORER, SCORE_KEY, SCORES_FILE, JsonlCache, read_manifest
+from .store import CACHE_FILE, CHECKSUM_FIELD, GEN_KEY, PPL_SCORER, SCORE_KEY, SCORES_FILE, JsonlCache, read_manifest
 
 __all__ = ["PPL_MEDIANS", "CompareResult", "MetricConfig", "RunSpec", "compute_rows", "load_result"]
 
@@ -102,8 +102,9 @@ class RunSpec:
     """One cell of the grid: a method at a layer and strength.
 
     ``layer`` / ``alpha`` are ``None`` for methods that steer no layer (no steering, prompting).
-    ``fingerprint`` identifies what was fitted; ``generate`` holds extra ``generate`` arguments
-    as canonical JSON.
+    ``fingerprint`` identifies what was fitted (and on which model weights); ``generate`` holds
+    extra ``generate`` arguments as canonical JSON; ``batching`` how rows were batched
+    (``"slices:8"``; greedy outputs depend on the padding a batch brings).
     """
 
     method: str
@@ -113,6 +114,7 @@ class RunSpec:
     max_new_tokens: int
     fingerprint: str
     generate: str = "{}"
+    batching: str = ""
 
     @property
     def config(self) -> str:
@@ -121,7 +123,9 @@ class RunSpec:
         alpha = "-" if self.alpha is None else repr(float(self.alpha))
         s = (f"L={layer}|alpha={alpha}|pos={self.positions or '-'}|max_new={self.max_new_tokens}"
              f"|fit={self.fingerprint}")
-        return s if self.generate == "{}" else f"{s}|gen={self.generate}"
+        if self.generate != "{}":
+            s = f"{s}|gen={self.generate}"
+        return f"{s}|batch={self.batching}" if self.batching else s
 
     @property
     def label(self) -> str:
@@ -136,7 +140,8 @@ class RunSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunSpec:
         return cls(method=d["method"], layer=d["layer"], alpha=d["alpha"], positions=d["positions"],
-                   max_new_tokens=d["max_new_tokens"], fingerprint=d["fingerprint"], generate=d.get("generate", "{}"))
+                   max_new_tokens=d["max_new_tokens"], fingerprint=d["fingerprint"], generate=d.get("generate", "{}"),
+                   batching=d.get("batching", ""))
 
 
 @dataclass
@@ -145,7 +150,9 @@ class CompareResult:
 
     ``n_generated`` counts generations made by this call, ``n_reused`` those found in the cache,
     ``n_copied`` the rows a steerer leaves unchanged that were copied from the unsteered run
-    (``compare(..., reuse_unsteered_rows=True)``). Tables and plots: :mod:`steerlib.eval.report`
+    (``compare(..., reuse_unsteered_rows=True)``), ``n_rejected`` the generations found unusable in
+    the store when the run started (failing their checksum, unreadable, or of an item whose content
+    changed; set aside and generated again). Tables and plots: :mod:`steerlib.eval.report`
     (``markdown_table(result.rows)``, ``write_report(result)``).
     """
 
@@ -156,6 +163,7 @@ class CompareResult:
     n_generated: int = 0
     n_reused: int = 0
     n_copied: int = 0
+    n_rejected: int = 0
 
     def row(self, method: str, alpha: float | None = None, layer: int | None = None) -> dict[str, Any]:
         """The row of ``method`` (at ``alpha`` / ``layer`` when it has several)."""
@@ -271,11 +279,18 @@ def load_result(out_dir: str | os.PathLike[str]) -> CompareResult:
     """
     out = Path(out_dir)
     man = read_manifest(out)
-    gens = JsonlCache(out / CACHE_FILE, GEN_KEY, repair=False)
-    scores = JsonlCache(out / SCORES_FILE, SCORE_KEY, repair=False)
+    sealed = man.get("format_version", 1) >= 2  # format 1 records carry no checksum nor item digest
+    gens = JsonlCache(out / CACHE_FILE, GEN_KEY, repair=False, checksum=sealed)
+    scores = JsonlCache(out / SCORES_FILE, SCORE_KEY, repair=False, checksum=sealed)
+    records, score_recs = gens.records, scores.records
+    if sealed:  # only records of the items' current content, and scores of those very records
+        digest = {it["id"]: it.get("item") for it in man["items"]}
+        records = {k: r for k, r in records.items() if r.get("item") == digest.get(k[2], r.get("item"))}
+        score_recs = {k: r for k, r in score_recs.items()
+                      if (g := records.get(k[1:])) is not None and r.get("gen") == g.get(CHECKSUM_FIELD)}
     specs = [RunSpec.from_dict(d) for d in man["specs"]]
-    rows = compute_rows(gens.records, specs, man["items"], RunSpec.from_dict(man["reference"]),
-                        MetricConfig.from_dict(man["metric_config"]), scores=scores.records, judge_name=man.get("judge"),
+    rows = compute_rows(records, specs, man["items"], RunSpec.from_dict(man["reference"]),
+                        MetricConfig.from_dict(man["metric_config"]), scores=score_recs, judge_name=man.get("judge"),
                         pad_token_id=man.get("pad_token_id"), fluency=bool(man.get("fluency")),
                         max_new_tokens=man.get("max_new_tokens"))
     return CompareResult(rows=rows, out_dir=out, specs=specs, manifest=man, n_generated=0,
