@@ -1,0 +1,145 @@
+"""Data-parallel ``compare`` under ``torchrun --nproc-per-node 2`` (gloo on CPU): the merged store
+and table equal a one-process run exactly, a rank killed mid-run resumes with every key exactly
+once, and a store written by two ranks is reused by one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import test_compare as tc  # noqa: E402  (the tiny grid the resumability tests use)
+
+from steerlib import SteerableModel  # noqa: E402
+from steerlib.eval import load_result, markdown_table  # noqa: E402
+from steerlib.eval.compare import CACHE_FILE  # noqa: E402
+from steerlib.eval.distributed import Ranks, ranks, shard  # noqa: E402
+from steerlib.testing import build_tiny  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TOTAL = tc.N_SPECS * len(tc.EVAL)
+
+SCRIPT = textwrap.dedent("""
+    import json, os, signal, sys
+    sys.path.insert(0, {tests!r})
+    import torch
+    torch.set_num_threads(1)
+    import steerlib.eval.store as store_mod
+    from steerlib import SteerableModel
+    from steerlib.testing import build_tiny
+    import test_compare as tc
+
+    out, report, kill_rank, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    rank = int(os.environ["RANK"])
+    real, calls = store_mod._append_text, [0]
+
+    def dying(path, text):
+        calls[0] += 1
+        if rank == kill_rank and calls[0] == kill_at:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(text[: text.index("\\n") + 10])  # one whole line, then a cut one
+                f.flush()
+                os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(path, text)
+
+    store_mod._append_text = dying
+    t = build_tiny("llama")
+    res = tc.run_tiny(SteerableModel(t.model, t.processor), out)
+    with open(os.path.join(report, f"rank{{rank}}.json"), "w") as f:
+        json.dump({{"rows": res.rows, "n_generated": res.n_generated, "n_reused": res.n_reused,
+                   "world_size": res.manifest["world_size"]}}, f)
+""")
+
+
+def torchrun(tmp_path: Path, out: Path, *, nproc: int = 2, kill_rank: int = -1, kill_at: int = 0,
+             tag: str = "run") -> tuple[subprocess.CompletedProcess[str], Path]:
+    script = tmp_path / "dist_compare.py"
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
+    report = tmp_path / f"report-{tag}"
+    report.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           str(script), str(out), str(report), str(kill_rank), str(kill_at)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT, check=False)
+    return proc, report
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def sm():
+    t = build_tiny("llama")
+    return SteerableModel(t.model, t.processor)
+
+
+@pytest.fixture(scope="module")
+def single(sm, tmp_path_factory):
+    """The one-process run every distributed run must equal."""
+    return tc.run_tiny(sm, tmp_path_factory.mktemp("single"), distributed="off")
+
+
+def records(out: Path) -> dict[tuple[str, str, str], dict]:
+    lines = (out / CACHE_FILE).read_text(encoding="utf-8").splitlines()
+    recs = [json.loads(x) for x in lines]
+    keys = [(r["method"], r["config"], r["id"]) for r in recs]
+    assert len(keys) == len(set(keys)), "a key is stored twice"
+    return {k: r for k, r in zip(keys, recs)}
+
+
+def test_shard_is_a_deterministic_partition():
+    work = list(range(11))
+    parts = [shard(work, r, 3) for r in range(3)]
+    assert sorted(x for p in parts for x in p) == work and parts[1] == [1, 4, 7, 10]
+    assert ranks("off") == Ranks() and not Ranks().distributed
+
+
+def test_two_ranks_equal_one_process_and_a_killed_rank_resumes(sm, single, tmp_path):
+    # 1. two ranks, uninterrupted: the merged store and table are the one-process ones exactly
+    out = tmp_path / "two"
+    proc, report = torchrun(tmp_path, out, tag="full")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    per_rank = [json.loads((report / f"rank{r}.json").read_text()) for r in range(2)]
+    assert all(p["world_size"] == 2 for p in per_rank)
+    assert per_rank[0]["rows"] == per_rank[1]["rows"] == json.loads(json.dumps(single.rows))
+    assert per_rank[0]["n_generated"] == TOTAL
+    assert not list(out.glob("*.rank*.jsonl")), "rank parts left after the merge"
+    two, one = records(out), records(single.out_dir)
+    assert two == one  # same keys, texts, token ids, checksums
+    assert load_result(out).rows == single.rows
+    assert markdown_table(load_result(out).rows) == markdown_table(single.rows)
+    # a store written by two ranks is reused as it is by one process
+    again = tc.run_tiny(sm, out, distributed="off")
+    assert again.n_generated == 0 and again.n_reused == TOTAL and again.rows == single.rows
+
+    # 2. rank 1 SIGKILLed in the middle of writing its third batch; torchrun stops rank 0 too
+    out = tmp_path / "killed"
+    proc, _ = torchrun(tmp_path, out, kill_rank=1, kill_at=3, tag="killed")
+    assert proc.returncode != 0
+    part = out / "generations.rank1.jsonl"
+    assert part.is_file() and not part.read_bytes().endswith(b"\n")  # its torn last line is there
+    # 3. rerun on two ranks: nothing lost, nothing duplicated, the same table
+    proc, report = torchrun(tmp_path, out, tag="resumed")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = json.loads((report / "rank0.json").read_text())
+    assert resumed["n_reused"] > 0 and resumed["n_reused"] + resumed["n_generated"] == TOTAL
+    assert resumed["rows"] == json.loads(json.dumps(single.rows))
+    assert records(out) == one and not list(out.glob("*.rank*.jsonl"))
+    print(f"2 ranks vs 1 process: {len(two)} records equal; killed rank 1 at its 3rd batch, resumed: "
+          f"{resumed['n_reused']} reused + {resumed['n_generated']} generated = {TOTAL}, every key once")
