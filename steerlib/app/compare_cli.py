@@ -71,7 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                  "for the unsafe score, or tiny:llama for a smoke run")
     o.add_argument("--fluency", action="store_true", help="also score perplexity under the unsteered model")
     o.add_argument("--threads", type=int, default=None, help="torch CPU threads for this run (default: torch's)")
-    o.add_argument("--no-resume", action="store_true", help="delete the folder's cache and steerers first")
+    o.add_argument("--no-resume", action="store_true",
+                   help="delete what an earlier compare run wrote in --out first (refuses a folder compare did not write)")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     o.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
@@ -189,7 +190,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        model = load_steerable(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+        from ..eval.distributed import local_device
+
+        device = args.device or local_device()  # under torchrun on GPUs: one device per rank
+        model = load_steerable(args.model, dtype=getattr(torch, args.dtype), device=device)
         layers = _csv(args.layers, int, "layers") if args.layers else [model.num_layers // 2]
         judge = _load_judge(args.judge, model.device)
         cfg = DATA_PRESETS[args.data]["metrics"]
@@ -202,7 +206,10 @@ def run_from_args(args: argparse.Namespace) -> int:
                          resume=not args.no_resume, progress=not args.no_progress)
     finally:
         torch.set_num_threads(threads)
-    print_report(result, write_report(result, plots=not args.no_plots))
+    from ..eval.distributed import is_main_process
+
+    if is_main_process():  # every rank returns the same result; one writes the report
+        print_report(result, write_report(result, plots=not args.no_plots))
     return 0
 
 
@@ -210,7 +217,8 @@ def print_report(result: CompareResult, paths: ReportPaths, columns: Sequence[st
     """Print a comparison's table (``columns``: a subset of the metrics), what was generated or
     reused, and the files its report wrote."""
     print(markdown_table(result.rows, columns))
-    print(f"{result.n_generated} generated, {result.n_reused} reused from the cache")
+    rejected = f", {result.n_rejected} unusable in the store (set aside)" if result.n_rejected else ""
+    print(f"{result.n_generated} generated, {result.n_reused} reused from the cache{rejected}")
     for p in paths.all():
         print(f"wrote {p}")
     sys.stdout.flush()

@@ -525,6 +525,13 @@ class _Runner:
             raise PersistenceError(
                 f"{out} is not a compare folder (it has files but no {RUN_FILE} written by compare), so "
                 "resume=False (--no-resume) will not delete anything there. Give an empty or new output folder.")
+        if old is None:
+            for name, key in ((CACHE_FILE, GEN_KEY), (SCORES_FILE, SCORE_KEY)):
+                p = out / name
+                if p.is_file() and p.stat().st_size and not JsonlCache(p, key, repair=False).records:
+                    raise PersistenceError(
+                        f"{p} was not written by compare (no record in it is one compare wrote) and {out} has no "
+                        f"{RUN_FILE}; compare will not change it. Give compare another output folder.")
         out.mkdir(parents=True, exist_ok=True)
         stack.enter_context(folder_lock(out))
         if old is not None and self.resume:
