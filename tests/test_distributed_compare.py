@@ -53,11 +53,19 @@ SCRIPT = textwrap.dedent("""
         real(path, text)
 
     store_mod._append_text = dying
+    from steerlib.steerers import P2SExtraction
+    real_extract, extracted = P2SExtraction.extract, []
+
+    def counting(self, model, items, *a, **k):
+        extracted.append(len(items))
+        return real_extract(self, model, items, *a, **k)
+
+    P2SExtraction.extract = counting
     t = build_tiny("llama")
     res = tc.run_tiny(SteerableModel(t.model, t.processor), out)
     with open(os.path.join(report, f"rank{{rank}}.json"), "w") as f:
         json.dump({{"rows": res.rows, "n_generated": res.n_generated, "n_reused": res.n_reused,
-                   "world_size": res.manifest["world_size"]}}, f)
+                   "world_size": res.manifest["world_size"], "extracted": extracted}}, f)
 """)
 
 
@@ -110,6 +118,19 @@ def test_shard_is_a_deterministic_partition():
     assert ranks("off") == Ranks() and not Ranks().distributed
 
 
+def test_sharded_extraction_equals_one_extraction(sm):
+    """Batch by batch (what each rank runs) equals the whole extraction exactly."""
+    from steerlib.eval.distributed import sharded_extraction
+    from steerlib.steerers import P2SExtraction
+
+    ex = P2SExtraction(batch_size=2)
+    whole = ex.extract(sm, tc.TRAIN, [0, 2], input_layers={2: 1}, progress=False)
+    split = sharded_extraction(Ranks())(ex, sm, tc.TRAIN, [0, 2], input_layers={2: 1}, progress=False)
+    for layer in (0, 2):
+        assert torch.equal(whole[layer].z, split[layer].z)
+    assert torch.equal(whole[2].h, split[2].h) and split[0].h is None
+
+
 def test_two_ranks_equal_one_process_and_a_killed_rank_resumes(sm, single, tmp_path):
     # 1. two ranks, uninterrupted: the merged store and table are the one-process ones exactly
     out = tmp_path / "two"
@@ -117,6 +138,10 @@ def test_two_ranks_equal_one_process_and_a_killed_rank_resumes(sm, single, tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     per_rank = [json.loads((report / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(p["world_size"] == 2 for p in per_rank)
+    # the shared P2S extraction (mean and L2S) was split: each rank ran its own batches of the training items
+    assert all(p["extracted"] for p in per_rank)
+    assert sum(sum(p["extracted"]) for p in per_rank) == len(tc.TRAIN)  # one extraction, each item once
+    assert "uses rank 0's" not in proc.stderr  # every rank's own fit equalled rank 0's, bit for bit
     assert per_rank[0]["rows"] == per_rank[1]["rows"] == json.loads(json.dumps(single.rows))
     assert per_rank[0]["n_generated"] == TOTAL
     assert not list(out.glob("*.rank*.jsonl")), "rank parts left after the merge"

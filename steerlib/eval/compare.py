@@ -57,7 +57,7 @@ from ..steerers import METHODS, NoSteer, Steerer, fit_sharing_extraction
 from ..steerers.base import model_info
 from .judges import Judge
 from .metrics import perplexity, strip_trailing_pad
-from .distributed import Distributed, ranks, shard
+from .distributed import Distributed, ranks, shard, sharded_extraction
 from .rows import CompareResult, MetricConfig, RunSpec, compute_rows, load_result
 from .store import (
     CACHE_FILE,
@@ -632,57 +632,81 @@ class _Runner:
 
     # ---------------------------------------------------------------------------- fitting ---
     def _fit_collectively(self, layer: int, learners: Mapping[str, Steerer]) -> dict[str, Steerer]:
-        """Every learner at ``layer``. One process fits or loads them itself; of several, rank 0 fits
-        (or loads) and saves them, then the other ranks load what it saved (so every rank steers
-        with the same tensors, bit for bit)."""
+        """Every learner at ``layer``.
+
+        Several ranks: rank 0 decides what must be fitted (the rest is loaded from ``out_dir``);
+        every rank then fits those same steerers, the P2S extraction split across the ranks
+        (:func:`~steerlib.eval.distributed.sharded_extraction`); rank 0 saves them, and a rank
+        whose own fit differs from rank 0's by a single bit loads rank 0's, so every rank steers
+        with the same tensors.
+        """
         R = self.ranks
         if not R.distributed:
-            got = self._fit_layer(layer, learners)
+            out, todo = self._split_fits(layer, learners)
+            self._fit(layer, todo)
             self._write_manifest(complete=False)  # records what was fitted, for a resumed run to load
-            return got
-        got: dict[str, Steerer] = {}
+            return {**out, **todo}
+        box: dict[str, Any] = {}
 
-        def fit_on_main() -> None:
-            got.update(self._fit_layer(layer, learners))
-            self._write_manifest(complete=False)
+        def decide() -> None:
+            box["out"], box["todo"] = self._split_fits(layer, learners)
 
-        self._on_main(fit_on_main)
-        self.fits = R.broadcast(self.fits)
+        self._on_main(decide)
+        names = R.broadcast(sorted(box.get("todo", {})))
+        out, todo = (box["out"], box["todo"]) if R.is_main else self._split_fits(layer, learners, fit=set(names))
+        if not names:
+            return out
+        self._fit(layer, todo, extract=sharded_extraction(R))
         if R.is_main:
-            return got
-        out = self._fit_layer(layer, learners, load_only=True)
-        return out
+            self._write_manifest(complete=False)
+        digests = R.gather({n: _tensor_digest(todo[n]) for n in names})  # after rank 0 saved
+        self.fits = R.broadcast(self.fits)
+        for n in names:
+            if digests[R.rank][n] != digests[0][n]:
+                loaded = self._load_saved(n, todo[n], layer)
+                if loaded is None:
+                    raise PersistenceError(f"Rank {R.rank} cannot load {n} at layer {layer} from "
+                                           f"{self._steerer_dir(n, layer)}, which rank 0 saved; is {self.out} on a "
+                                           "file system every rank sees?")
+                _log.info("compare: rank %d uses rank 0's %s at layer %d (its own fit differs)", R.rank, n, layer)
+                todo[n] = loaded
+        return {**out, **todo}
 
-    def _fit_layer(self, layer: int, learners: Mapping[str, Steerer], *, load_only: bool = False) -> dict[str, Steerer]:
-        """Every learner at ``layer``: loaded from ``out_dir/steerers`` when it was fitted there with the
-        same settings, data and model, else fitted (learners with equal extraction settings share one
-        extraction) and saved."""
+    def _split_fits(self, layer: int, learners: Mapping[str, Steerer], *,
+                    fit: set[str] | None = None) -> tuple[dict[str, Steerer], dict[str, Steerer]]:
+        """The learners at ``layer`` as (ready: fitted without data or loaded from ``out_dir/steerers``
+        when fitted there with the same settings, data and model; to fit). ``fit``: the names rank 0
+        fits (the others must load)."""
         out: dict[str, Steerer] = {}
         todo: dict[str, Steerer] = {}
         for name, t in learners.items():
             s = self._at_layer(name, t, layer)
             if not s.needs_fit:
                 out[name] = s.fit(self.model, [])
-                continue
-            loaded = self._load_saved(name, s, layer)
-            if loaded is not None:
+            elif fit is not None and name in fit:
+                todo[name] = s
+            elif (loaded := self._load_saved(name, s, layer)) is not None:
                 out[name] = loaded
-            elif load_only:
+            elif fit is not None:
                 raise PersistenceError(f"Rank {self.ranks.rank} cannot load {name} at layer {layer} from "
-                                       f"{self._steerer_dir(name, layer)}, which rank 0 saved; is {self.out} on a "
+                                       f"{self._steerer_dir(name, layer)}, which rank 0 loaded; is {self.out} on a "
                                        "file system every rank sees?")
             else:
                 todo[name] = s
-        if todo:
-            fit_sharing_extraction(self.model, self.train, todo, progress=self.progress)
-            for name, s in todo.items():
-                if self.save_steerers:
-                    rel = f"{STEERERS_DIR}/{name}-L{layer}"
-                    self.written.add(rel)
-                    s.save_pretrained(self._steerer_dir(name, layer), overwrite=True)
-                    self.fits[f"{name}-L{layer}"] = self._fingerprint(s, "learner")
-                out[name] = s
-        return out
+        return out, todo
+
+    def _fit(self, layer: int, todo: Mapping[str, Steerer], *, extract: Callable[..., Any] | None = None) -> None:
+        """Fit ``todo`` in place (equal extraction settings share one extraction); rank 0 saves them."""
+        if not todo:
+            return
+        fit_sharing_extraction(self.model, self.train, todo, progress=self.progress and self.ranks.is_main,
+                               extract=extract)
+        if not (self.save_steerers and self.ranks.is_main):
+            return
+        for name, s in todo.items():
+            self.written.add(f"{STEERERS_DIR}/{name}-L{layer}")
+            s.save_pretrained(self._steerer_dir(name, layer), overwrite=True)
+            self.fits[f"{name}-L{layer}"] = self._fingerprint(s, "learner")
 
     def _steerer_dir(self, name: str, layer: int) -> Path:
         return self.out / STEERERS_DIR / f"{name}-L{layer}"

@@ -9,12 +9,14 @@ is initialised. Nothing here is a cluster of its own: the ranks are torch's.
 
 :func:`shard` is the deterministic split of a work list used by
 :func:`~steerlib.eval.compare.compare`: rank ``r`` takes items ``r, r + N, r + 2N, ...``.
+:func:`sharded_extraction` splits a P2S extraction's batches the same way and gathers the
+per-item vectors on every rank.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -22,7 +24,8 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["DISTRIBUTED", "Ranks", "env_world_size", "is_main_process", "local_device", "ranks", "shard"]
+__all__ = ["DISTRIBUTED", "Ranks", "env_world_size", "is_main_process", "local_device", "ranks", "shard",
+           "sharded_extraction"]
 
 T = TypeVar("T")
 
@@ -138,3 +141,41 @@ def ranks(mode: Distributed = "auto", device: torch.device | None = None) -> Ran
 def shard(work: Sequence[T], rank: int, world_size: int) -> list[T]:
     """Rank ``rank``'s share of ``work``: every ``world_size``-th element from the ``rank``-th."""
     return list(work[rank::world_size])
+
+
+def sharded_extraction(r: Ranks) -> Callable[..., dict[int, Any]]:
+    """An ``extract`` for :func:`~steerlib.steerers.fit_sharing_extraction` that splits the
+    teacher-forced batches across the ranks and gathers the per-item vectors on every rank.
+
+    The batches are those one process makes (:func:`~steerlib.batching.length_batches` of the
+    prompt lengths, ``ex.batch_size`` rows each), each run whole by one rank, so every item's
+    vectors are computed with the same padding as in a one-process run (and ``sampled_mean`` is
+    seeded per batch), hence equal to it. A collective: every rank must call it with the same items.
+    """
+    from ..batching import length_batches
+    from ..steerers.extract import P2SFeatures
+
+    def run(ex: Any, model: Any, items: Sequence[Any], layers: Sequence[int], *,
+            input_layers: dict[int, int] | None = None, input_position: str = "last_prompt",
+            progress: bool = True) -> dict[int, Any]:
+        items = list(items)
+        lengths = model.prompt_lengths([it.prompt for it in items], [len(it.images) for it in items])
+        mine = shard(length_batches(lengths, ex.batch_size), r.rank, r.world_size)
+        got = []
+        for idx in mine:  # one batch a call: its rows in the order one process batches them
+            f = ex.extract(model, [items[i] for i in idx], layers, input_layers=input_layers,
+                           input_position=input_position, progress=False)
+            got.append((idx, {layer: (f[layer].z, f[layer].h) for layer in f}))
+        layer_list = sorted(set(layers))
+        z = {layer: torch.zeros(len(items), model.hidden_size) for layer in layer_list}
+        h = {layer: torch.zeros(len(items), model.hidden_size) for layer in (input_layers or {})}
+        for part in r.gather(got):
+            for idx, feats in part:
+                for layer, (zb, hb) in feats.items():
+                    z[layer][idx] = zb
+                    if hb is not None and layer in h:
+                        h[layer][idx] = hb
+        return {layer: P2SFeatures(z=z[layer], h=h.get(layer), layer=layer,
+                                   input_layer=(input_layers or {}).get(layer)) for layer in layer_list}
+
+    return run

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ..data.items import ContrastiveItem
 from ..engine import SteerableModel
 from ..positions import SourcePosition
 from .base import Steerer
-from .extract import P2SExtraction
+from .extract import P2SExtraction, P2SFeatures
 
 
 def fit_sharing_extraction(model: SteerableModel, items: Sequence[ContrastiveItem],
-                           steerers: Mapping[str, Steerer], *, progress: bool = True) -> None:
+                           steerers: Mapping[str, Steerer], *, progress: bool = True,
+                           extract: Callable[..., dict[int, P2SFeatures]] | None = None) -> None:
     """Fit every steerer of ``steerers`` on ``items``, in place.
 
     Steerers that learn from P2S vectors and report equal :attr:`~steerlib.steerers.Steerer.extraction`
@@ -20,6 +21,11 @@ def fit_sharing_extraction(model: SteerableModel, items: Sequence[ContrastiveIte
     are fitted on their own. A steerer that also needs g's input states (``input_read()``) gets
     them from the shared passes unless another steerer of the group reads a different layer or
     position at the same target layer.
+
+    ``extract(ex, model, items, layers, input_layers=..., input_position=..., progress=...)`` runs a
+    shared extraction in place of ``ex.extract(model, items, layers, ...)`` (same result); for
+    example :func:`steerlib.eval.distributed.sharded_extraction`, which splits its batches across
+    the ranks of a ``torchrun`` run.
     """
     items = list(items)
     groups: dict[P2SExtraction, list[str]] = {}
@@ -48,8 +54,9 @@ def fit_sharing_extraction(model: SteerableModel, items: Sequence[ContrastiveIte
             shared.append(name)
         if not shared:
             continue
-        feats = ex.extract(model, items, sorted({steerers[n].layer for n in shared}), input_layers=inputs,
-                           input_position=position or "last_prompt", progress=progress)
+        run = extract or (lambda ex, *args, **kw: ex.extract(*args, **kw))
+        feats = run(ex, model, items, sorted({steerers[n].layer for n in shared}), input_layers=inputs,
+                    input_position=position or "last_prompt", progress=progress)
         for name in shared:
             s = steerers[name]
             f = feats[s.layer]
