@@ -213,3 +213,19 @@ def test_store_keeps_only_sealed_records_once_whatever_the_damage(tmp_path_facto
     assert len(ids) == len(set(ids)) and set(ids) == intact == set(k[2] for k in cache.records)
     assert all(record_checksum(r) == r["sha"] and r["text"] != "edited" for r in kept)
     assert check.truncated == sum(t for _, t in files) and not list(d.glob("*.rank*"))
+
+
+def test_scores_of_another_judge_checkpoint_are_not_reused(sm, tmp_path):
+    from steerlib.eval.judges import SAFETY_JUDGE_TEMPLATE, ClassifierJudge
+
+    def judge(seed: int) -> ClassifierJudge:
+        t = build_tiny("llama", seed=seed)
+        return ClassifierJudge(t.model, t.tokenizer, SAFETY_JUDGE_TEMPLATE, mode="raw", name="classifier-tiny")
+
+    out = tmp_path / "j"
+    first = compare(sm, tc.TRAIN, tc.EVAL, ["none"], [1.0], [tc.LAYER], out_dir=out, judge=judge(0), **tc.KW)
+    same = compare(sm, tc.TRAIN, tc.EVAL, ["none"], [1.0], [tc.LAYER], out_dir=out, judge=judge(0), **tc.KW)
+    assert len(lines(out / SCORES_FILE)) == 2 and same.rows == first.rows  # same weights: scores reused
+    other = compare(sm, tc.TRAIN, tc.EVAL, ["none"], [1.0], [tc.LAYER], out_dir=out, judge=judge(1), **tc.KW)
+    assert len(lines(out / rejected_file(SCORES_FILE))) == 2  # same name, other weights: scored again
+    assert other.rows[0]["p_unsafe_mean"] != first.rows[0]["p_unsafe_mean"]

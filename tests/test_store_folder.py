@@ -151,3 +151,18 @@ def test_lock_is_per_folder_and_reentrant_runs_in_one_process_are_refused(sm, tm
         with pytest.raises(SteerlibError, match="in use"):
             small(sm, a)
     assert small(sm, a).n_generated == len(tc.EVAL)
+
+
+def test_a_format_1_folder_is_still_reported_and_regenerated_when_resumed(sm, reference, tmp_path):
+    from steerlib.eval import load_result
+
+    out = tc.copy_run(reference, tmp_path)
+    man = json.loads((out / RUN_FILE).read_text())
+    man["format_version"] = 1
+    (out / RUN_FILE).write_text(json.dumps(man))
+    old = [{k: v for k, v in json.loads(x).items() if k not in ("sha", "item")}
+           for x in (out / CACHE_FILE).read_text().splitlines()]
+    (out / CACHE_FILE).write_text("".join(json.dumps(r) + "\n" for r in old))
+    assert load_result(out).rows == reference.rows  # read as written (no checksums then)
+    res = tc.run_tiny(sm, out)  # resuming: unsealed records are not trusted, they are set aside and redone
+    assert res.n_rejected == TOTAL and res.n_generated == TOTAL and res.rows == reference.rows

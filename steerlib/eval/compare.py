@@ -253,6 +253,8 @@ class _Runner:
         if judge is not None and not (hasattr(judge, "judge") and hasattr(judge, "name")):
             raise DataError(f"judge must have a name and judge(prompts, responses) -> list[float]; got "
                             f"{type(judge).__name__}. Use steerlib.eval.ClassifierJudge or KeywordJudge.")
+        jm = getattr(judge, "model", None)
+        self.judge_fp = model_fingerprint(jm)["weights"] if isinstance(jm, torch.nn.Module) else ""
         self.cfg = metrics
         self.fluency = fluency
         self.fluency_batch_size = fluency_batch_size or batch_size
@@ -555,8 +557,13 @@ class _Runner:
         gens, gcheck = consolidate(self.out, CACHE_FILE, GEN_KEY, validate=_check_generation,
                                    stale=lambda r: r.get("id") in digests and r.get("item") != digests[r["id"]])
         shas = {k: r.get(CHECKSUM_FIELD) for k, r in gens.records.items()}
-        scores, scheck = consolidate(self.out, SCORES_FILE, SCORE_KEY, validate=_check_score,
-                                     stale=lambda r: r.get("gen") != shas.get((r["method"], r["config"], r["id"])))
+        judge = getattr(self.judge, "name", None)
+
+        def stale_score(r: Mapping[str, Any]) -> bool:  # of another generation, or of another judge's weights
+            return (r.get("gen") != shas.get((r["method"], r["config"], r["id"]))
+                    or (r["scorer"] == judge and r.get("judge_weights", "") != self.judge_fp))
+
+        scores, scheck = consolidate(self.out, SCORES_FILE, SCORE_KEY, validate=_check_score, stale=stale_score)
         if not hasattr(self, "store_checks"):  # what this run found when it started
             self.store_checks = {"generations": gcheck.as_dict(), "scores": scheck.as_dict()}
             self.n_rejected = gcheck.dropped
@@ -827,7 +834,8 @@ class _Runner:
                 raise DataError(f"The judge {judge.name!r} returned {len(ps)} scores for {len(part)} responses; "
                                 "it must return one per response.")
             self.scores.append([{"scorer": judge.name, "method": sp.method, "config": sp.config, "id": it.id,
-                                 "value": float(p), "gen": rec[CHECKSUM_FIELD]} for (sp, it, rec), p in zip(part, ps)])
+                                 "value": float(p), "gen": rec[CHECKSUM_FIELD], "judge_weights": self.judge_fp}
+                                for (sp, it, rec), p in zip(part, ps)])
 
     def _fluency(self) -> None:
         tok = self.model.tokenizer
