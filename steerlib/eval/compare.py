@@ -6,15 +6,22 @@ Everything it produces lives in ``out_dir`` (the store, :mod:`steerlib.eval.stor
 
 * ``generations.jsonl``: one JSON object a line per generation, keyed by ``(method, config, id)``
   where ``config`` spells out layer, alpha, positions, ``max_new_tokens``, a fingerprint of what
-  was fitted (class, hyperparameters, training set, model) and any extra ``generate`` arguments.
-  Lines are appended per batch with ``flush`` + ``fsync``. On load a truncated last line (a run
-  killed mid-write) is cut off and ignored, and a key seen twice counts once, so a run killed at
-  any point and started again loses and duplicates nothing. Generated token ids are stored, so
-  "benign unchanged" is computed against the unsteered outputs from the cache alone.
-* ``scores.jsonl``: judge probabilities and perplexities, cached the same way.
+  was fitted (class, hyperparameters, training set, model shapes, dtype and weights), any extra
+  ``generate`` arguments and the batching; each record carries the digest of its item's content
+  and its own checksum (:mod:`steerlib.eval.store`: records failing either are set aside and
+  generated again, and the run says how many). Lines are appended per batch with ``flush`` +
+  ``fsync``. On load a truncated last line (a run killed mid-write) is cut off and ignored, and a
+  key seen twice counts once, so a run killed at any point and started again loses and duplicates
+  nothing. Generated token ids are stored, so "benign unchanged" is computed against the
+  unsteered outputs from the cache alone.
+* ``scores.jsonl``: judge probabilities and perplexities, cached the same way (each tied to the
+  checksum of the generation it scored).
+* ``generations.rank<r>.jsonl``: under ``torchrun``, what rank ``r`` appended, merged by rank 0
+  after each phase (see :mod:`steerlib.eval.distributed`).
+* ``compare.lock``: held while a run uses the folder (a second run is refused).
 * ``steerers/<method>-L<layer>/``: fitted steerers (``save_pretrained``), reloaded on rerun.
-* ``run.json``: the manifest (model, configurations, evaluation items, metric settings), so
-  :func:`~steerlib.eval.rows.load_result` rebuilds the table from ``out_dir`` alone.
+* ``run.json``: the manifest (model, configurations, evaluation items, metric settings, the files
+  written), so :func:`~steerlib.eval.rows.load_result` rebuilds the table from ``out_dir`` alone.
 
 Batches are deterministic functions of the evaluation list (a partly cached batch is generated
 again whole, only its missing rows are written), so a resumed run sees the same padding as an
@@ -55,9 +62,9 @@ from ..intervention import check_finite, check_layers
 from ..positions import as_positions
 from ..steerers import METHODS, NoSteer, Steerer, fit_sharing_extraction
 from ..steerers.base import model_info
+from .distributed import Distributed, ranks, shard, sharded_extraction
 from .judges import Judge
 from .metrics import perplexity, strip_trailing_pad
-from .distributed import Distributed, ranks, shard, sharded_extraction
 from .rows import CompareResult, MetricConfig, RunSpec, compute_rows, load_result
 from .store import (
     CACHE_FILE,
