@@ -21,12 +21,15 @@ import test_compare as tc  # noqa: E402  (the tiny grid the resumability tests u
 
 from steerlib import SteerableModel  # noqa: E402
 from steerlib.eval import load_result, markdown_table  # noqa: E402
-from steerlib.eval.compare import CACHE_FILE  # noqa: E402
+from steerlib.eval.compare import CACHE_FILE, compare  # noqa: E402
 from steerlib.eval.distributed import Ranks, ranks, shard  # noqa: E402
 from steerlib.testing import build_tiny  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOTAL = tc.N_SPECS * len(tc.EVAL)
+#: A second grid: length batches, P2S rows copied from the unsteered run.
+LENGTH_GRID = {"methods": ["none", "p2s", "mean"], "alphas": [4.0], "layers": [tc.LAYER], "max_new_tokens": 4,
+               "batch_size": 4, "batching": "length", "reuse_unsteered_rows": True, "progress": False}
 
 SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
@@ -66,11 +69,17 @@ SCRIPT = textwrap.dedent("""
     with open(os.path.join(report, f"rank{{rank}}.json"), "w") as f:
         json.dump({{"rows": res.rows, "n_generated": res.n_generated, "n_reused": res.n_reused,
                    "world_size": res.manifest["world_size"], "extracted": extracted}}, f)
+    if len(sys.argv) > 5:  # a second grid in the same launch: length batches, rows copied from the unsteered run
+        from steerlib.eval.compare import compare
+        import test_distributed_compare as td
+        res = compare(SteerableModel(t.model, t.processor), tc.TRAIN, tc.EVAL, **td.LENGTH_GRID, out_dir=sys.argv[5])
+        with open(os.path.join(report, f"length{{rank}}.json"), "w") as f:
+            json.dump({{"rows": res.rows, "n_copied": res.n_copied}}, f)
 """)
 
 
 def torchrun(tmp_path: Path, out: Path, *, nproc: int = 2, kill_rank: int = -1, kill_at: int = 0,
-             tag: str = "run") -> tuple[subprocess.CompletedProcess[str], Path]:
+             tag: str = "run", second: Path | None = None) -> tuple[subprocess.CompletedProcess[str], Path]:
     script = tmp_path / "dist_compare.py"
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
     report = tmp_path / f"report-{tag}"
@@ -78,7 +87,7 @@ def torchrun(tmp_path: Path, out: Path, *, nproc: int = 2, kill_rank: int = -1, 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           str(script), str(out), str(report), str(kill_rank), str(kill_at)]
+           str(script), str(out), str(report), str(kill_rank), str(kill_at), *([str(second)] if second else [])]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT, check=False)
     return proc, report
 
@@ -134,8 +143,14 @@ def test_sharded_extraction_equals_one_extraction(sm):
 def test_two_ranks_equal_one_process_and_a_killed_rank_resumes(sm, single, tmp_path):
     # 1. two ranks, uninterrupted: the merged store and table are the one-process ones exactly
     out = tmp_path / "two"
-    proc, report = torchrun(tmp_path, out, tag="full")
+    proc, report = torchrun(tmp_path, out, tag="full", second=tmp_path / "two-length")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    length = compare(sm, tc.TRAIN, tc.EVAL, **LENGTH_GRID, out_dir=tmp_path / "one-length", distributed="off")
+    assert length.n_copied > 0
+    for r in range(2):
+        got = json.loads((report / f"length{r}.json").read_text())
+        assert got["rows"] == json.loads(json.dumps(length.rows)) and got["n_copied"] == length.n_copied
+    assert records(tmp_path / "two-length") == records(tmp_path / "one-length")
     per_rank = [json.loads((report / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(p["world_size"] == 2 for p in per_rank)
     # the shared P2S extraction (mean and L2S) was split: each rank ran its own batches of the training items

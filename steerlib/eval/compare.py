@@ -483,10 +483,15 @@ class _Runner:
                     bar.update(len(phase))
                     continue
                 steerers = ready if layer is None else self._fit_collectively(layer, learners)
-                units: list[tuple[RunSpec, Steerer, str, list[int]]] = []
-                for (name, sp, _), miss in zip(phase, missing):
-                    if miss:
-                        units += self._units(sp, steerers[name], miss)
+                work: list[tuple[int, str, list[int]]] = []
+
+                def plan_work(phase=phase, missing=missing, steerers=steerers, work=work) -> None:
+                    for k, ((name, sp, _), miss) in enumerate(zip(phase, missing)):
+                        if miss:
+                            work += [(k, kind, rows) for kind, rows in self._units(sp, steerers[name], miss)]
+
+                self._on_main(plan_work)  # rank 0 plans the phase's work; every rank takes its share
+                units = [(phase[k][1], steerers[phase[k][0]], kind, rows) for k, kind, rows in R.broadcast(work)]
                 mine = shard(units, R.rank, R.world_size)
                 desc = "generate" if layer is None else f"generate L{layer}"
                 for sp, steerer, kind, rows in tqdm(mine, desc=desc, unit="batch", leave=False,
@@ -608,19 +613,20 @@ class _Runner:
     def _missing(self, spec: RunSpec) -> list[int]:
         return [i for i, it in enumerate(self.eval) if (spec.method, spec.config, it.id) not in self.gens]
 
-    def _units(self, spec: RunSpec, steerer: Steerer, missing: list[int]) -> list[tuple[RunSpec, Steerer, str, list[int]]]:
-        """The work of ``spec``: its batches that miss a row (whole, so padding never changes), and
-        with ``reuse_unsteered_rows`` one unit copying the rows its steerer leaves unchanged."""
+    def _units(self, spec: RunSpec, steerer: Steerer, missing: list[int]) -> list[tuple[str, list[int]]]:
+        """The work of ``spec`` as ``(kind, rows)``: its batches that miss a row (``"generate"``, whole,
+        so padding never changes), and with ``reuse_unsteered_rows`` one ``"copy"`` of the rows its
+        steerer leaves unchanged."""
         miss = set(missing)
         rows = list(range(len(self.eval)))
-        units: list[tuple[RunSpec, Steerer, str, list[int]]] = []
+        units: list[tuple[str, list[int]]] = []
         if self.reuse_unsteered and spec != self.ref_spec:
             rows = self._steered_rows(steerer, spec)
             steered = set(rows)
             copy = [i for i in missing if i not in steered]
             if copy:
-                units.append((spec, steerer, "copy", copy))
-        units += [(spec, steerer, "generate", b) for b in self._batches(rows) if miss.intersection(b)]
+                units.append(("copy", copy))
+        units += [("generate", b) for b in self._batches(rows) if miss.intersection(b)]
         return units
 
     def _items_info(self) -> list[dict[str, Any]]:
