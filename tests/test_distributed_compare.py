@@ -174,7 +174,15 @@ def test_two_ranks_equal_one_process_and_a_killed_rank_resumes(sm, single, tmp_p
     assert proc.returncode != 0
     part = out / "generations.rank1.jsonl"
     assert part.is_file() and not part.read_bytes().endswith(b"\n")  # its torn last line is there
-    # 3. rerun on two ranks: nothing lost, nothing duplicated, the same table
+    # 3a. resumed by one process (another world size) from a copy: its parts merged, the same table
+    import shutil
+
+    solo = tmp_path / "killed-solo"
+    shutil.copytree(out, solo)
+    by_one = tc.run_tiny(sm, solo, distributed="off")
+    assert by_one.n_reused + by_one.n_generated == TOTAL and by_one.rows == single.rows
+    assert records(solo) == one and not list(solo.glob("*.rank*.jsonl"))
+    # 3b. rerun on two ranks: nothing lost, nothing duplicated, the same table
     proc, report = torchrun(tmp_path, out, tag="resumed")
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = json.loads((report / "rank0.json").read_text())
