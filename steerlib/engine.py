@@ -700,24 +700,33 @@ class SteerableModel:
         extra prefill: the predictor's vectors then come from an unsteered read of its source layer,
         and the steered pass applies them as plain per-row vectors."""
         plan = _plan(iv, reads)
-        if plan.needs_prefill:
+        if plan.needs_prefill and not self.remote:  # remotely, the prefill is a second trace of the same request
             assert iv is not None
-            iv = Intervention(layers=iv.layers, vectors=self._predict_extra_prefill(batch, iv), alpha=iv.alpha,
-                              positions=iv.positions, norm_preserving=iv.norm_preserving)
+            iv = _with_vectors(iv, self._predict_extra_prefill(batch, iv))
         return iv, plan
 
     def _predict_extra_prefill(self, batch: Batch, iv: Intervention) -> Tensor:
         assert iv.predictor is not None and iv.source_layer is not None
         h = self.read(batch, [iv.source_layer], reduce=iv.source_position)[iv.source_layer]
-        return iv.predictor(h if self.remote else h.to(self.device))  # remotely g runs here, on the returned state
+        return iv.predictor(h.to(self.device))
 
     def _run(self, call: Callable[..., Any], kwargs: dict[str, Any], batch: Batch, iv: Intervention | None,
              plan: Plan, *, read: Read | None = None, steps: int | None = None) -> Any:
         """``call(**kwargs)`` through the backend, or as is when the plan visits no layer."""
         if not plan.order and not self.remote:
             return call(**kwargs)
+        if self.remote:
+            prefill = self._model_inputs(batch) if plan.needs_prefill else None
+            return self._backend.run(call, kwargs, iv, plan.order, batch, read=read, steps=steps,  # type: ignore[call-arg]
+                                     prefill=prefill)
         return self._backend.run(call, kwargs, iv, plan.order, batch, read=read, steps=steps)
 
+
+
+def _with_vectors(iv: Intervention, vectors: Tensor) -> Intervention:
+    """``iv`` with its predictor's per-row ``vectors`` in place of the predictor (after an extra prefill)."""
+    return Intervention(layers=iv.layers, vectors=vectors, alpha=iv.alpha, positions=iv.positions,
+                        norm_preserving=iv.norm_preserving)
 
 
 def _edit(step: int, layer: int, h: Tensor, iv: Intervention | None, batch: Batch,

@@ -37,7 +37,7 @@ from nnsight.intervention.backends.local import LocalSimulationBackend
 from torch import Tensor
 
 from .adapters.base import resolve_path
-from .engine import _visit_layers
+from .engine import _hidden, _visit_layers, _with_vectors
 from .errors import InputError, SteerlibError
 
 if TYPE_CHECKING:
@@ -73,15 +73,41 @@ def shipping() -> Iterator[None]:
     out when this block registered it (nothing else the user pickles is affected)."""
     from cloudpickle.cloudpickle import _PICKLE_BY_VALUE_MODULES, unregister_pickle_by_value
 
+    from nnsight.intervention.serialization import CustomCloudPickler
+
     package = sys.modules[__name__.split(".")[0]]
     added = package.__name__ not in _PICKLE_BY_VALUE_MODULES
     if added:
         nnsight.register(package)
+    by_source = CustomCloudPickler._dynamic_function_reduce
+    CustomCloudPickler._dynamic_function_reduce = _reduce_function  # type: ignore[method-assign]
     try:
         yield
     finally:
+        CustomCloudPickler._dynamic_function_reduce = by_source  # type: ignore[method-assign]
         if added:
             unregister_pickle_by_value(package)
+
+
+def _reduce_function(pickler: Any, func: Any) -> Any:
+    """nnsight ships a function by its source, recompiled at module level on the server; a method
+    using zero-argument ``super()`` then loses its ``__class__`` cell and fails there. Such methods
+    (steerlib's class hierarchies) travel as cloudpickle's bytecode instead, which keeps the cell
+    (hence the Python major.minor check of :func:`check_remote_environment`)."""
+    import cloudpickle
+
+    if "__class__" in func.__code__.co_freevars:
+        return cloudpickle.CloudPickler._dynamic_function_reduce(pickler, func)
+    return _BY_SOURCE(pickler, func)
+
+
+def _by_source() -> Any:
+    from nnsight.intervention.serialization import CustomCloudPickler
+
+    return CustomCloudPickler._dynamic_function_reduce
+
+
+_BY_SOURCE = _by_source()
 
 
 class _Blocker:
@@ -188,17 +214,33 @@ def check_remote_environment(comparison: Any = None) -> None:
 
 
 # ------------------------------------------------------------------ server side --
+def _source_state(envoys: Sequence[Any], iv: Intervention, batch: Batch) -> Tensor:
+    """The predictor's input inside a trace: ``iv.source_layer`` at ``iv.source_position``, float32
+    (as the engine's local extra prefill reads it)."""
+    assert iv.source_layer is not None
+    h = _hidden(envoys[iv.source_layer].output)
+    rows = torch.arange(batch.size, device=h.device)
+    return h[rows, batch.index(iv.source_position).to(h.device)].detach().float()
+
+
 class _Keep:
     """The call a remote pass makes (the model's forward or ``generate``), keeping only what the
     client needs of its output in ``box``: the generated ids, the logits when asked for; never
     the KV cache or hidden states a ``generate`` output may carry."""
 
-    def __init__(self, module: torch.nn.Module, method: str | None, box: dict[str, Any]) -> None:
-        self.module, self.method, self.box = module, method, box
+    def __init__(self, module: torch.nn.Module, method: str | None, box: dict[str, Any],
+                 seed: int | None = None) -> None:
+        self.module, self.method, self.box, self.seed = module, method, box, seed
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         fn = self.module if self.method is None else getattr(self.module, self.method)
-        out = fn(*args, **kwargs)
+        if self.seed is None:
+            out = fn(*args, **kwargs)
+        else:  # sampling on the server, seeded from the client's generator (its own RNG is left as it was)
+            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.seed)
+                out = fn(*args, **kwargs)
         if self.method is None:
             self.box["logits"] = out.logits
         else:
@@ -266,6 +308,9 @@ class RemoteBackend:
         """One request: a forward that stops after the last layer in ``order``; the reductions run on
         the server and only their results come back into ``read``."""
         record = _recorder(read)
+        if iv is not None and iv.needs_extra_prefill:
+            self._prefilled(inputs, inputs, {}, None, {}, iv, order, batch, record, None)
+            return
         route, wrapper, envoys = self._route(), self.wrapper, self.envoys
         self.requests += 1
         with shipping():
@@ -276,14 +321,24 @@ class RemoteBackend:
         record.absorb(got)
 
     def run(self, call: Callable[..., Any], kwargs: dict[str, Any], iv: Intervention | None,
-            order: Sequence[int], batch: Batch, *, read: Read | None = None, steps: int | None = None) -> Any:
+            order: Sequence[int], batch: Batch, *, read: Read | None = None, steps: int | None = None,
+            prefill: dict[str, Tensor] | None = None) -> Any:
         """One request: the model's forward (``steps=None``; returns an object with ``.logits``) or a
-        generation of ``steps`` forwards (returns ``.sequences`` and ``.logits``)."""
+        generation of ``steps`` forwards (returns ``.sequences`` and ``.logits``). With ``prefill``
+        (the model inputs of a predictor that reads above a steered layer), the request is one
+        nnsight session of two traces: the unsteered prefill, g on the server, the steered pass.
+
+        Sampling (``do_sample=True``) is seeded on the server from this process's generator, so a
+        seeded client reproduces its remote samples; they are not those of a local run."""
         record = _recorder(read) if read is not None else None
         data = {k: v for k, v in kwargs.items() if isinstance(v, Tensor)}
         params = {k: v for k, v in kwargs.items() if not isinstance(v, Tensor)}
         box: dict[str, Any] = {}
-        keep = _Keep(self.wrapper._module, None if steps is None else "generate", box)
+        seed = int(torch.randint(0, 2**62, ())) if params.get("do_sample") else None
+        keep = _Keep(self.wrapper._module, None if steps is None else "generate", box, seed)
+        if prefill is not None:
+            assert iv is not None
+            return self._prefilled(prefill, data, params, keep, box, iv, order, batch, record, steps)
         route, wrapper, envoys = self._route(), self.wrapper, self.envoys
         self.requests += 1
         with shipping(), warnings.catch_warnings():
@@ -298,6 +353,37 @@ class RemoteBackend:
         if record is not None:
             record.absorb(got)
         return SimpleNamespace(**res)
+
+
+    def _prefilled(self, prefill: dict[str, Tensor], data: dict[str, Tensor], params: dict[str, Any],
+                   keep: _Keep | None, box: dict[str, Any], iv: Intervention, order: Sequence[int], batch: Batch,
+                   record: Any, steps: int | None) -> Any:
+        """One request, two traces in an nnsight session: the prefill reads g's input and stops there,
+        g runs on the server, then the steered pass (a read when ``keep`` is None) adds its vectors."""
+        route, wrapper, envoys = self._route(), self.wrapper, self.envoys
+        self.requests += 1
+        with shipping(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*was never reached.*")
+            with wrapper.session(**route):
+                with wrapper.trace(dict(prefill)) as first:
+                    source = _source_state(envoys, iv, batch)
+                    first.stop()
+                steered = _with_vectors(iv, iv.predictor(source))
+                if keep is None:
+                    with wrapper.trace(dict(data)) as tracer:
+                        got = nnsight.save(record.data)
+                        _visit_layers(envoys, 0, steered, order, batch, record, {})
+                        tracer.stop()
+                else:
+                    with wrapper.trace(data, fn=keep, **params) as tracer:
+                        res = nnsight.save(box)
+                        got = nnsight.save(record.data if record is not None else {})
+                        memo: dict[str, Tensor] = {}
+                        for step in tracer.iter[:steps or 1]:
+                            _visit_layers(envoys, step, steered, order, batch, record, memo)
+        if record is not None:
+            record.absorb(got)
+        return None if keep is None else SimpleNamespace(**res)
 
 
 def _recorder(read: Any) -> Any:
