@@ -265,6 +265,11 @@ class RemoteBackend:
         if not hasattr(wrapper, "to_model_key"):
             raise InputError(f"{type(wrapper).__name__} has no remote identity; wrap the model with nnsight's "
                              "LanguageModel / TransformersModel (see steerlib.remote.remote_steerable).")
+        if remote is True and not getattr(wrapper, "repo_id", None):
+            raise InputError("remote=True sends each pass to an NDIF deployment, named by the model's Hub repo id, "
+                             "but this model has none (config._name_or_path is empty). Build it with "
+                             "steerlib.remote.remote_steerable('<owner>/<name>') or load it from the Hub; use "
+                             "remote='local' to simulate a server with an in-memory model.")
         self.wrapper = wrapper
         self.remote = remote
         self.envoys = resolve_path(wrapper, layers_path)
