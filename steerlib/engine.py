@@ -112,7 +112,8 @@ class _NnsightBackend:
     name: BackendName = "nnsight"
 
     def __init__(self, model: nn.Module, layers_path: str) -> None:
-        self.traced = nnsight.NNsight(model)
+        placed = isinstance(getattr(model, "hf_device_map", None), dict)
+        self.traced = (_PlacedNNsight if placed else nnsight.NNsight)(model)
         self._envoys = resolve_path(self.traced, layers_path)
 
     def run(self, call: Callable[..., Any], kwargs: dict[str, Any], iv: Intervention | None,
@@ -151,6 +152,17 @@ class _NnsightBackend:
         in step with the model), so plain Python control flow is fine here.
         """
         _visit_layers(self._envoys, step, iv, order, batch, read, memo)
+
+
+class _PlacedNNsight(nnsight.NNsight):
+    """nnsight's wrapper for a model accelerate spread over devices (``device_map=``): nnsight moves a
+    trace's inputs to the first parameter's device, which is ``meta`` when that parameter is offloaded
+    to the CPU or disk; here they go to the model's execution device instead (accelerate's hooks then
+    move each layer's weights and activations where that layer runs)."""
+
+    @property
+    def device(self) -> torch.device:
+        return _execution_device(self._module)
 
 
 def _visit_layers(envoys: Sequence[Any], step: int, iv: Intervention | None, order: Sequence[int], batch: Batch,
@@ -236,6 +248,18 @@ class _HooksBackend:
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def _execution_device(model: nn.Module) -> torch.device:
+    """The device a model computes on: see :attr:`SteerableModel.device`."""
+    placed = getattr(model, "hf_device_map", None)
+    if isinstance(placed, dict) and placed:
+        gpus = [d for d in placed.values() if d not in ("cpu", "disk")]
+        if gpus:
+            first = gpus[0]
+            return torch.device(f"cuda:{first}" if isinstance(first, int) else first)
+        return torch.device("cpu")
+    return next(model.parameters()).device
 
 
 def _config_layers(model: nn.Module) -> int | None:
@@ -325,7 +349,10 @@ class SteerableModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the parameters' device or, for a model accelerate spread over devices
+        (``device_map=``, ``hf_device_map``), its execution device (the first GPU in the map, else the
+        CPU; weights offloaded to the CPU or disk are brought there layer by layer)."""
+        return _execution_device(self.model)
 
     @property
     def on_meta(self) -> bool:

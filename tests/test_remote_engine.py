@@ -222,6 +222,11 @@ def test_refusals():
         SteerableModel(t.model, t.processor, backend="hooks", remote="local")
     with pytest.raises(InputError, match="remote="):
         SteerableModel(t.model, t.processor, remote="ndif")  # type: ignore[arg-type]
+    from steerlib.zoo import load_steerable
+
+    assert load_steerable("tiny:llama", remote="local").remote == "local"
+    with pytest.raises(InputError, match="repo id"):
+        load_steerable("tiny:llama", remote=True)
 
 
 @pytest.mark.real

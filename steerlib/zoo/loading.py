@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..engine import SteerableModel
+from ..engine import RemoteMode, SteerableModel
 from ..errors import InputError
 
 __all__ = ["DTYPES", "REAL_NAMES", "load_steerable"]
@@ -25,7 +25,7 @@ REAL_NAMES = ("smollm2", "smollm2-135m-instruct", "gemma3-270m")
 
 def load_steerable(spec: str, *, dtype: torch.dtype | str = torch.float32, device: str | None = None,
                    revision: str | None = None, device_map: str | dict | None = None,
-                   **from_pretrained_kwargs: Any) -> SteerableModel:
+                   remote: RemoteMode = False, **from_pretrained_kwargs: Any) -> SteerableModel:
     """Load a model by name, local folder or Hugging Face Hub repo id.
 
     Args:
@@ -35,7 +35,12 @@ def load_steerable(spec: str, *, dtype: torch.dtype | str = torch.float32, devic
         dtype: a ``torch.dtype`` or its name (``"float32"``, ``"bfloat16"``, ...).
         device: move the model there after loading (``"cpu"``, ``"cuda:0"``).
         revision: the Hub revision (branch, tag or commit) of a repo id.
-        device_map: passed to ``from_pretrained`` (``"auto"`` needs accelerate); excludes ``device``.
+        device_map: passed to ``from_pretrained`` (``"auto"`` needs accelerate); excludes ``device``. With
+            ``offload_folder=`` (a ``from_pretrained`` keyword) layers may also sit on the CPU or disk; they
+            read and steer exactly as in memory.
+        remote: ``True``: the model runs on NDIF; ``spec`` is a Hub repo id whose module tree is built on
+            the meta device (no weights are downloaded; see :func:`steerlib.remote.remote_steerable`).
+            ``"local"``: loaded here, and every pass goes through nnsight's offline stand-in for a server.
         from_pretrained_kwargs: passed on to ``from_pretrained`` for folders and repo ids
             (``quantization_config``, ``trust_remote_code``, ``cache_dir``, ...).
 
@@ -43,24 +48,33 @@ def load_steerable(spec: str, *, dtype: torch.dtype | str = torch.float32, devic
         InputError: an unknown name, a folder without ``config.json``, a repo id that cannot be loaded.
     """
     dtype = _dtype(dtype)
+    if remote is True:
+        if device is not None or device_map is not None:
+            raise InputError("remote=True runs the model on NDIF's devices; do not pass device or device_map.")
+        if not REPO_ID.fullmatch(spec) or Path(spec).expanduser().exists():
+            raise InputError(f"remote=True needs a Hub repo id that NDIF hosts (owner/name), not {spec!r}; use "
+                             "remote='local' to simulate a server with a model loaded here.")
+        from ..remote import remote_steerable
+
+        return remote_steerable(spec, revision=revision, dtype=dtype, **from_pretrained_kwargs)
     if device is not None and device_map is not None:
         raise InputError("Give device or device_map, not both (device_map places the model while loading).")
     if spec.startswith("tiny:"):
         from ..testing import build_tiny
 
         t = build_tiny(spec.split(":", 1)[1])
-        return SteerableModel(t.model, t.processor)
+        return SteerableModel(t.model, t.processor, remote=remote)
     if spec == "tiny-llava":
         from .tiny_llava import load_tiny_llava
 
         model, proc = load_tiny_llava(dtype=dtype)
-        return SteerableModel(_to(model, device), proc)
+        return SteerableModel(_to(model, device), proc, remote=remote)
     if spec in REAL_NAMES:
         from .weights import load_real
 
         name = "smollm2-135m-instruct" if spec.startswith("smollm2") else spec
         model, tok = load_real(name, dtype=dtype)
-        return SteerableModel(_to(model, device), tok)
+        return SteerableModel(_to(model, device), tok, remote=remote)
     path = Path(spec).expanduser()
     local = path.exists()
     if local and not path.is_dir():
@@ -97,7 +111,7 @@ def load_steerable(spec: str, *, dtype: torch.dtype | str = torch.float32, devic
     else:
         model = AutoModelForCausalLM.from_pretrained(source, **load_kw)
         proc = AutoTokenizer.from_pretrained(source, **cfg_kw)
-    return SteerableModel(_to(model.eval(), device), proc)
+    return SteerableModel(_to(model.eval(), device), proc, remote=remote)
 
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
