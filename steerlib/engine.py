@@ -296,7 +296,7 @@ class SteerableModel:
             per step). Reads always use nnsight.
         remote: run every pass through nnsight's remote execution (:mod:`steerlib.remote`): ``True``
             sends each pass to NDIF (``model`` is then usually an nnsight ``LanguageModel`` built on
-            the meta device, see :func:`steerlib.remote.remote_steerable`); ``"local"`` is nnsight's
+            the meta device, see :func:`steerlib.zoo.remote_steerable`); ``"local"`` is nnsight's
             offline stand-in for a server (the request is serialized, deserialized with steerlib
             hidden, and run here). Needs ``backend="nnsight"``.
     """
@@ -379,9 +379,9 @@ class SteerableModel:
         self._pad_exact = True  # False: the model ignores the attention mask, padded batches are refused
         self._encoder = ChatEncoder(adapter, processor, tuple(self.image_token_ids), type(model).__name__)
         if self.remote:
-            from .remote import RemoteBackend  # the remote backend imports this module
+            from .remote import PassOps, RemoteBackend
 
-            self._tracer = RemoteBackend.for_model(self, adapter.layers_path)
+            self._tracer = RemoteBackend.for_model(self, adapter.layers_path, PassOps(_visit_layers, _with_vectors))
         else:
             self._tracer = _NnsightBackend(model, adapter.layers_path)  # reads always trace
         self._backend: Backend = (self._tracer if self.backend == "nnsight" else _HooksBackend(adapter.layers(model)))

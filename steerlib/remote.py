@@ -1,6 +1,6 @@
 """Steering a model you do not host: every pass through nnsight's remote execution (NDIF).
 
-``SteerableModel(..., remote=True)`` (or :func:`remote_steerable` for a repo id) runs each pass of
+``SteerableModel(..., remote=True)`` (or :func:`steerlib.zoo.remote_steerable` for a repo id) runs each pass of
 the engine -- ``read`` / ``read_many``, ``forward``, ``generate`` -- as one nnsight request. The
 client keeps everything that is not the model: chat templates, tokenisation, image preprocessing,
 position masks, the layer plan. What travels to the server is the request nnsight serializes: the
@@ -37,15 +37,16 @@ from nnsight.intervention.backends.local import LocalSimulationBackend
 from torch import Tensor
 
 from .adapters.base import resolve_path
-from .engine import _hidden, _visit_layers, _with_vectors
 from .errors import InputError, SteerlibError
 
 if TYPE_CHECKING:
-    from .engine import Batch, Read, SteerableModel
+    from .encoding import Batch
     from .intervention import Intervention
 
-__all__ = ["SERVER_LACKS", "RemoteBackend", "RemoteEnvironmentError", "RemoteError", "StrictLocalSimulation",
-           "check_remote_environment", "remote_steerable", "shipping"]
+Read = Callable[[int, Tensor], Any]
+
+__all__ = ["SERVER_LACKS", "PassOps", "RemoteBackend", "RemoteEnvironmentError", "RemoteError",
+           "StrictLocalSimulation", "check_remote_environment", "shipping"]
 
 SERVER_LACKS: tuple[str, ...] = ("steerlib", "jaxtyping", "beartype")
 """Packages a steerlib client has and an NDIF server does not (its image has torch, transformers,
@@ -218,7 +219,8 @@ def _source_state(envoys: Sequence[Any], iv: Intervention, batch: Batch) -> Tens
     """The predictor's input inside a trace: ``iv.source_layer`` at ``iv.source_position``, float32
     (as the engine's local extra prefill reads it)."""
     assert iv.source_layer is not None
-    h = _hidden(envoys[iv.source_layer].output)
+    out = envoys[iv.source_layer].output
+    h = out[0] if isinstance(out, tuple) else out
     rows = torch.arange(batch.size, device=h.device)
     return h[rows, batch.index(iv.source_position).to(h.device)].detach().float()
 
@@ -251,34 +253,45 @@ class _Keep:
 
 
 # ------------------------------------------------------------------ backend ----
+class PassOps:
+    """The engine's per-pass functions a remote trace body calls (given by the engine, which this
+    module does not import): ``visit(envoys, step, iv, order, batch, read, memo)`` visits one
+    forward's layers, ``with_vectors(iv, vectors)`` swaps a predictor for its predicted vectors."""
+
+    def __init__(self, visit: Callable[..., None], with_vectors: Callable[..., Any]) -> None:
+        self.visit, self.with_vectors = visit, with_vectors
+
+
 class RemoteBackend:
     """The engine's backend for ``remote=True`` / ``"local"``: each pass is one nnsight request on
     an nnsight ``TransformersModel`` (a remote identity: its model key names the checkpoint).
 
     Same protocol as the local nnsight backend (``run`` for a forward or a generation, ``read``
     for a pass that stops after its last visited layer); the trace body is the same
-    :func:`steerlib.engine._visit_layers`, shipped by value with the steerlib code it calls."""
+    engine's ``visit`` (:class:`PassOps`), shipped by value with the steerlib code it calls."""
 
     name = "nnsight"
 
-    def __init__(self, wrapper: Any, layers_path: str, remote: bool | str, *, check_versions: bool = True) -> None:
+    def __init__(self, wrapper: Any, layers_path: str, remote: bool | str, ops: PassOps, *,
+                 check_versions: bool = True) -> None:
         if not hasattr(wrapper, "to_model_key"):
             raise InputError(f"{type(wrapper).__name__} has no remote identity; wrap the model with nnsight's "
-                             "LanguageModel / TransformersModel (see steerlib.remote.remote_steerable).")
+                             "LanguageModel / TransformersModel (see steerlib.zoo.remote_steerable).")
         if remote is True and not getattr(wrapper, "repo_id", None):
             raise InputError("remote=True sends each pass to an NDIF deployment, named by the model's Hub repo id, "
                              "but this model has none (config._name_or_path is empty). Build it with "
-                             "steerlib.remote.remote_steerable('<owner>/<name>') or load it from the Hub; use "
+                             "steerlib.zoo.remote_steerable('<owner>/<name>') or load it from the Hub; use "
                              "remote='local' to simulate a server with an in-memory model.")
         self.wrapper = wrapper
         self.remote = remote
+        self.ops = ops
         self.envoys = resolve_path(wrapper, layers_path)
         self._check_versions = check_versions and remote is True
         self.last: StrictLocalSimulation | None = None  # the last local simulation (payload sizes)
         self.requests = 0
 
     @classmethod
-    def for_model(cls, model: SteerableModel, layers_path: str) -> RemoteBackend:
+    def for_model(cls, model: Any, layers_path: str, ops: PassOps) -> RemoteBackend:
         """The backend of a :class:`SteerableModel`: its nnsight wrapper, or one built around its
         in-memory model (the tokenizer's padding side and pad token are left as they were)."""
         wrapper = model._wrapper
@@ -296,7 +309,7 @@ class RemoteBackend:
                 if tok.pad_token != before[1]:
                     tok.pad_token = before[1]
             model._wrapper = wrapper
-        return cls(wrapper, layers_path, model.remote)
+        return cls(wrapper, layers_path, model.remote, ops)
 
     def _route(self) -> dict[str, Any]:
         """How a request is sent: to NDIF (after the version check, once) or to the local simulation."""
@@ -316,12 +329,12 @@ class RemoteBackend:
         if iv is not None and iv.needs_extra_prefill:
             self._prefilled(inputs, inputs, {}, None, {}, iv, order, batch, record, None)
             return
-        route, wrapper, envoys = self._route(), self.wrapper, self.envoys
+        route, wrapper, envoys, ops = self._route(), self.wrapper, self.envoys, self.ops
         self.requests += 1
         with shipping():
             with wrapper.trace(dict(inputs), **route) as tracer:
                 got = nnsight.save(record.data)
-                _visit_layers(envoys, 0, iv, order, batch, record, {})
+                ops.visit(envoys, 0, iv, order, batch, record, {})
                 tracer.stop()
         record.absorb(got)
 
@@ -344,7 +357,7 @@ class RemoteBackend:
         if prefill is not None:
             assert iv is not None
             return self._prefilled(prefill, data, params, keep, box, iv, order, batch, record, steps)
-        route, wrapper, envoys = self._route(), self.wrapper, self.envoys
+        route, wrapper, envoys, ops = self._route(), self.wrapper, self.envoys, self.ops
         self.requests += 1
         with shipping(), warnings.catch_warnings():
             # an early EOS ends the bounded loop before max_new_tokens; that is expected here
@@ -354,7 +367,7 @@ class RemoteBackend:
                 got = nnsight.save(record.data if record is not None else {})
                 memo: dict[str, Tensor] = {}
                 for step in tracer.iter[:steps or 1]:
-                    _visit_layers(envoys, step, iv, order, batch, record, memo)
+                    ops.visit(envoys, step, iv, order, batch, record, memo)
         if record is not None:
             record.absorb(got)
         return SimpleNamespace(**res)
@@ -365,7 +378,7 @@ class RemoteBackend:
                    record: Any, steps: int | None) -> Any:
         """One request, two traces in an nnsight session: the prefill reads g's input and stops there,
         g runs on the server, then the steered pass (a read when ``keep`` is None) adds its vectors."""
-        route, wrapper, envoys = self._route(), self.wrapper, self.envoys
+        route, wrapper, envoys, ops = self._route(), self.wrapper, self.envoys, self.ops
         self.requests += 1
         with shipping(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*was never reached.*")
@@ -373,11 +386,11 @@ class RemoteBackend:
                 with wrapper.trace(dict(prefill)) as first:
                     source = _source_state(envoys, iv, batch)
                     first.stop()
-                steered = _with_vectors(iv, iv.predictor(source))
+                steered = ops.with_vectors(iv, iv.predictor(source))
                 if keep is None:
                     with wrapper.trace(dict(data)) as tracer:
                         got = nnsight.save(record.data)
-                        _visit_layers(envoys, 0, steered, order, batch, record, {})
+                        ops.visit(envoys, 0, steered, order, batch, record, {})
                         tracer.stop()
                 else:
                     with wrapper.trace(data, fn=keep, **params) as tracer:
@@ -385,7 +398,7 @@ class RemoteBackend:
                         got = nnsight.save(record.data if record is not None else {})
                         memo: dict[str, Tensor] = {}
                         for step in tracer.iter[:steps or 1]:
-                            _visit_layers(envoys, step, steered, order, batch, record, memo)
+                            ops.visit(envoys, step, steered, order, batch, record, memo)
         if record is not None:
             record.absorb(got)
         return None if keep is None else SimpleNamespace(**res)
@@ -397,35 +410,3 @@ def _recorder(read: Any) -> Any:
                           "results can travel back; a plain callback would run on the server and its effects "
                           "would never reach this process.")
     return read
-
-
-# ------------------------------------------------------------------ building ----
-def remote_steerable(repo_id: str, *, remote: bool | str = True, revision: str | None = None,
-                     task: str | None = None, dtype: torch.dtype | str | None = None, config: Any = None,
-                     tokenizer: Any = None, processor: Any = None, system_prompt: str | None = None,
-                     **wrapper_kwargs: Any) -> SteerableModel:
-    """A :class:`SteerableModel` for a model NDIF hosts, named by its repo id; no weights are loaded.
-
-    The module tree is built on the meta device by nnsight (``TransformersModel(repo_id)``, not
-    dispatched) from the checkpoint's config (or ``config=``), so the adapter finds the layers and
-    sizes without a download; the tokenizer or processor is loaded from the Hub (or given). Every
-    pass then runs on the server. ``task`` is the pipeline task (``"text-generation"``, or
-    ``"image-text-to-text"`` for a VLM); by default nnsight asks the Hub. ``revision`` and
-    ``dtype`` are part of the model key the server matches against its deployments.
-    """
-    from nnsight import TransformersModel
-
-    from .engine import SteerableModel
-
-    if remote not in (True, "local"):
-        raise InputError("remote_steerable builds a model that runs remotely: remote=True (NDIF) or 'local'.")
-    kw: dict[str, Any] = dict(wrapper_kwargs)
-    for key, value in (("revision", revision), ("task", task), ("dtype", dtype), ("config", config),
-                       ("tokenizer", tokenizer), ("processor", processor)):
-        if value is not None:
-            kw[key] = value
-    wrapper = TransformersModel(repo_id, dispatch=False, **kw)
-    proc = wrapper.processor or wrapper.tokenizer
-    if proc is None:
-        raise InputError(f"No tokenizer or processor for {repo_id!r}; pass tokenizer= or processor=.")
-    return SteerableModel(wrapper, proc, remote=remote, system_prompt=system_prompt)

@@ -18,7 +18,8 @@ import torch
 import steerlib.remote as remote_mod
 from steerlib import ContrastiveItem, Intervention, SteerableModel
 from steerlib.errors import InputError, SteerlibError
-from steerlib.remote import RemoteEnvironmentError, RemoteError, StrictLocalSimulation, remote_steerable
+from steerlib.remote import RemoteEnvironmentError, RemoteError, StrictLocalSimulation
+from steerlib.zoo import remote_steerable
 from steerlib.steerers import L2S, MeanSteer, extract_p2s
 from steerlib.testing import FAMILIES, VLM_FAMILIES, build_tiny, tiny_image
 

@@ -18,7 +18,7 @@ import torch
 from ..engine import RemoteMode, SteerableModel
 from ..errors import InputError
 
-__all__ = ["DTYPES", "REAL_NAMES", "load_steerable"]
+__all__ = ["DTYPES", "REAL_NAMES", "load_steerable", "remote_steerable"]
 
 REAL_NAMES = ("smollm2", "smollm2-135m-instruct", "gemma3-270m")
 
@@ -54,8 +54,6 @@ def load_steerable(spec: str, *, dtype: torch.dtype | str = torch.float32, devic
         if not REPO_ID.fullmatch(spec) or Path(spec).expanduser().exists():
             raise InputError(f"remote=True needs a Hub repo id that NDIF hosts (owner/name), not {spec!r}; use "
                              "remote='local' to simulate a server with a model loaded here.")
-        from ..remote import remote_steerable
-
         return remote_steerable(spec, revision=revision, dtype=dtype, **from_pretrained_kwargs)
     if device is not None and device_map is not None:
         raise InputError("Give device or device_map, not both (device_map places the model while loading).")
@@ -112,6 +110,35 @@ def load_steerable(spec: str, *, dtype: torch.dtype | str = torch.float32, devic
         model = AutoModelForCausalLM.from_pretrained(source, **load_kw)
         proc = AutoTokenizer.from_pretrained(source, **cfg_kw)
     return SteerableModel(_to(model.eval(), device), proc, remote=remote)
+
+
+def remote_steerable(repo_id: str, *, remote: RemoteMode = True, revision: str | None = None,
+                     task: str | None = None, dtype: torch.dtype | str | None = None, config: Any = None,
+                     tokenizer: Any = None, processor: Any = None, system_prompt: str | None = None,
+                     **wrapper_kwargs: Any) -> SteerableModel:
+    """A :class:`SteerableModel` for a model NDIF hosts, named by its repo id; no weights are loaded.
+
+    The module tree is built on the meta device by nnsight (``TransformersModel(repo_id)``, not
+    dispatched) from the checkpoint's config (or ``config=``), so the adapter finds the layers and
+    sizes without a download; the tokenizer or processor is loaded from the Hub (or given). Every
+    pass then runs on the server (:mod:`steerlib.remote`). ``task`` is the pipeline task
+    (``"text-generation"``, or ``"image-text-to-text"`` for a VLM); by default nnsight asks the Hub.
+    ``revision`` is part of the model key the server matches against its deployments.
+    """
+    from nnsight import TransformersModel
+
+    if remote not in (True, "local"):
+        raise InputError("remote_steerable builds a model that runs remotely: remote=True (NDIF) or 'local'.")
+    kw: dict[str, Any] = dict(wrapper_kwargs)
+    for key, value in (("revision", revision), ("task", task), ("dtype", dtype), ("config", config),
+                       ("tokenizer", tokenizer), ("processor", processor)):
+        if value is not None:
+            kw[key] = value
+    wrapper = TransformersModel(repo_id, dispatch=False, **kw)
+    proc = wrapper.processor or wrapper.tokenizer
+    if proc is None:
+        raise InputError(f"No tokenizer or processor for {repo_id!r}; pass tokenizer= or processor=.")
+    return SteerableModel(wrapper, proc, remote=remote, system_prompt=system_prompt)
 
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
