@@ -125,6 +125,18 @@ def test_p2s_and_mean_s_fit_from_remote_reads():
     assert diff(loc.read(b, [2])[2], rem.read(b, [2])[2]) <= TOL
 
 
+def test_sampled_mean_is_seeded_from_the_client():
+    """Sampling happens on the server; its seed comes from the client's generator, so a seeded client
+    reproduces its remote P2S sampled means (they are not the samples a local run draws)."""
+    _, rem = pair("llama")
+    items = _items(4)
+    runs = [extract_p2s(rem, items, 1, reduction="sampled_mean", continuation_tokens=3, input_layer=0, seed=s,
+                        progress=False) for s in (0, 0, 1)]
+    assert runs[0].z.abs().max() > 1e-3
+    assert diff(runs[0].z, runs[1].z) == 0 and diff(runs[0].h, runs[1].h) == 0
+    assert diff(runs[0].z, runs[2].z) > 0
+
+
 @pytest.mark.parametrize(("layer", "input_layer"), [(1, 0), (0, 1)], ids=["g-in-pass", "extra-prefill"])
 def test_l2s_both_placements_one_request(layer, input_layer):
     loc, rem = pair("llama")
