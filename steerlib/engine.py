@@ -336,6 +336,12 @@ class SteerableModel:
             options, fallback = ([known], False) if known is not None else (fallback_adapters(model, processor), True)
             if not options:
                 raise reg.unknown(model)
+        if self.on_meta and self.remote is not True:
+            raise InputError(
+                f"{type(model).__name__}'s weights are on the meta device (a module tree built from its config), so "
+                + ("it cannot run here; pass remote=True to run it on NDIF, or load the weights." if not self.remote else
+                   "remote='local', which runs the request here, would load its weights first; load the model "
+                   "normally for remote='local', or use remote=True."))
         self._choose(options, fallback, validate)  # sets adapter, sizes, encoder and backends
 
     # ------------------------------------------------------------------ metadata ----

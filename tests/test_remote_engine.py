@@ -218,6 +218,9 @@ def test_meta_client_runs_on_a_server_model(monkeypatch):
     rem = remote_steerable("HuggingFaceTB/SmolLM2-135M-Instruct", config=t.model.config,
                            tokenizer=copy.deepcopy(t.processor), task="text-generation")
     assert rem.on_meta and rem.num_layers == loc.num_layers and rem.hidden_size == loc.hidden_size
+    for mode in (False, "local"):  # a meta model cannot run here (nor would the simulation load its weights)
+        with pytest.raises(InputError, match="meta device"):
+            SteerableModel(rem._wrapper, rem.processor, remote=mode)
     server = TransformersModel(t.model, tokenizer=copy.deepcopy(t.processor), task="text-generation")
     monkeypatch.setattr(remote_mod.RemoteBackend, "_route", lambda self: {"backend": StrictLocalSimulation(server)})
     b = loc.encode(PROMPTS)
