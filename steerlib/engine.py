@@ -16,7 +16,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, Union, get_args
 
 import nnsight
 import torch
@@ -35,11 +35,14 @@ from .errors import AdapterValidationError, InputError, PositionError, SteerlibE
 from .intervention import Intervention, check_layers
 from .positions import READ_REDUCTIONS, TOKEN_POSITIONS, Reduce, as_reduce
 
-__all__ = ["BACKENDS", "READ_REDUCTIONS", "BackendName", "Batch", "Generation", "Plan", "SteerableModel"]
+__all__ = ["BACKENDS", "READ_REDUCTIONS", "BackendName", "Batch", "Generation", "Plan", "RemoteMode", "SteerableModel"]
 
 BackendName = Literal["nnsight", "hooks"]
 """How :meth:`SteerableModel.forward` and :meth:`SteerableModel.generate` apply interventions."""
 BACKENDS: tuple[BackendName, ...] = get_args(BackendName)
+RemoteMode = Union[bool, Literal["local"]]
+"""Where passes run: ``False`` here; ``True`` on NDIF through nnsight's remote execution; ``"local"``
+serialized and deserialized as for NDIF, with steerlib hidden, then run here (see :mod:`steerlib.remote`)."""
 Read = Callable[[int, Tensor], Any]
 """A callback given each visited layer's (steered) state: ``read(layer, h)``."""
 
@@ -109,7 +112,8 @@ class _NnsightBackend:
     name: BackendName = "nnsight"
 
     def __init__(self, model: nn.Module, layers_path: str) -> None:
-        self.traced = nnsight.NNsight(model)
+        placed = isinstance(getattr(model, "hf_device_map", None), dict)
+        self.traced = (_PlacedNNsight if placed else nnsight.NNsight)(model)
         self._envoys = resolve_path(self.traced, layers_path)
 
     def run(self, call: Callable[..., Any], kwargs: dict[str, Any], iv: Intervention | None,
@@ -147,12 +151,73 @@ class _NnsightBackend:
         Runs inside an nnsight trace with real tensors (nnsight 0.8 executes the body eagerly
         in step with the model), so plain Python control flow is fine here.
         """
-        for layer in order:
-            env = self._envoys[layer]
-            out = env.output
-            h = _edit(step, layer, _hidden(out), iv, batch, read, memo)
-            if h is not None:
-                env.output = _replace(out, h)
+        _visit_layers(self._envoys, step, iv, order, batch, read, memo)
+
+
+class _PlacedNNsight(nnsight.NNsight):
+    """nnsight's wrapper for a model accelerate spread over devices (``device_map=``): nnsight moves a
+    trace's inputs to the first parameter's device, which is ``meta`` when that parameter is offloaded
+    to the CPU or disk; here they go to the model's execution device instead (accelerate's hooks then
+    move each layer's weights and activations where that layer runs)."""
+
+    @property
+    def device(self) -> torch.device:
+        return _execution_device(self._module)
+
+
+def _visit_layers(envoys: Sequence[Any], step: int, iv: Intervention | None, order: Sequence[int], batch: Batch,
+                  read: Read | None, memo: dict[str, Tensor]) -> None:
+    """One forward's trace body over the layer envoys: visit ``order``, predict, steer, record.
+
+    Shared by the local trace and the remote one (:mod:`steerlib.remote` ships it by value)."""
+    for layer in order:
+        env = envoys[layer]
+        out = env.output
+        h = _edit(step, layer, _hidden(out), iv, batch, read, memo)
+        if h is not None:
+            env.output = _replace(out, h)
+
+
+class _Reduction:
+    """One read's reduction of a ``[batch, seq, d_model]`` state (a plain object, not a closure, so a
+    remote pass can ship it): a token position per row, the masked mean, or no reduction."""
+
+    def __init__(self, kind: Literal["index", "mean", "none"], rows: Tensor | None = None,
+                 idx: Tensor | None = None, mask: Tensor | None = None) -> None:
+        self.kind, self.rows, self.idx, self.mask = kind, rows, idx, mask
+
+    def __call__(self, h: Tensor) -> Tensor:
+        if self.kind == "index":
+            assert self.rows is not None and self.idx is not None
+            return h[self.rows.to(h.device), self.idx.to(h.device)].detach().float().cpu()
+        if self.kind == "none":
+            return h.detach().float().cpu()
+        assert self.mask is not None
+        m = self.mask.to(h.device, h.dtype)[..., None]
+        return ((h * m).sum(1) / m.sum(1).clamp(min=1)).detach().float().cpu()
+
+
+class _Reads:
+    """What one pass records (the ``read`` callback of a backend): reductions keyed by
+    ``(layer, reduce)``, and every step's state of the ``collect`` layers. All results sit in
+    :attr:`data`, a plain dict, so a remote pass can send it back (:meth:`absorb`)."""
+
+    def __init__(self, reducers: dict[tuple[int, str], _Reduction] | None = None, collect: Sequence[int] = ()) -> None:
+        self.reducers = dict(reducers or {})
+        self.data: dict[str, dict[Any, Any]] = {"out": {}, "states": {layer: [] for layer in collect}}
+
+    def __call__(self, layer: int, h: Tensor) -> None:
+        for (lay, red), fn in self.reducers.items():
+            if lay == layer:
+                self.data["out"][(lay, red)] = fn(h)
+        if layer in self.data["states"]:
+            self.data["states"][layer].append(h.detach().float().cpu())
+
+    def absorb(self, data: dict[str, dict[Any, Any]]) -> None:
+        """Take over what a (remote) copy of this recorder recorded."""
+        if data is not self.data:
+            self.data["out"].update(data["out"])
+            self.data["states"].update(data["states"])
 
 
 class _HooksBackend:
@@ -183,6 +248,18 @@ class _HooksBackend:
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def _execution_device(model: nn.Module) -> torch.device:
+    """The device a model computes on: see :attr:`SteerableModel.device`."""
+    placed = getattr(model, "hf_device_map", None)
+    if isinstance(placed, dict) and placed:
+        gpus = [d for d in placed.values() if d not in ("cpu", "disk")]
+        if gpus:
+            first = gpus[0]
+            return torch.device(f"cuda:{first}" if isinstance(first, int) else first)
+        return torch.device("cpu")
+    return next(model.parameters()).device
 
 
 def _config_layers(model: nn.Module) -> int | None:
@@ -217,16 +294,30 @@ class SteerableModel:
             default: an nnsight trace) or ``"hooks"`` (plain PyTorch forward hooks, registered for
             the call and removed after it; same arithmetic, tested equal, a little less overhead
             per step). Reads always use nnsight.
+        remote: run every pass through nnsight's remote execution (:mod:`steerlib.remote`): ``True``
+            sends each pass to NDIF (``model`` is then usually an nnsight ``LanguageModel`` built on
+            the meta device, see :func:`steerlib.zoo.remote_steerable`); ``"local"`` is nnsight's
+            offline stand-in for a server (the request is serialized, deserialized with steerlib
+            hidden, and run here). Needs ``backend="nnsight"``.
     """
 
     def __init__(self, model: nn.Module, processor: Any, *, adapter: Adapter | None = None,
                  registry: AdapterRegistry | None = None, system_prompt: str | None = None,
-                 validate: bool = True, backend: BackendName = "nnsight") -> None:
+                 validate: bool = True, backend: BackendName = "nnsight", remote: RemoteMode = False) -> None:
         if processor is None:
             raise InputError("SteerableModel needs the model's processor (VLMs) or tokenizer (text models).")
         if backend not in BACKENDS:
             raise InputError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
+        if remote not in (False, True, "local"):
+            raise InputError(f"remote={remote!r}: use False (run here), True (NDIF) or 'local' (the offline stand-in).")
+        if remote and backend != "nnsight":
+            raise InputError(f"backend={backend!r} cannot run remotely: forward hooks need the model in this process. "
+                             "Use backend='nnsight' (the default) with remote=.")
         self.backend: BackendName = backend
+        self.remote: RemoteMode = remote
+        self._wrapper: Any = None
+        if isinstance(model, nnsight.NNsight) or hasattr(model, "to_model_key"):  # an nnsight wrapper
+            self._wrapper, model = model, model._module
         self.model = model
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", None) or processor
@@ -245,6 +336,12 @@ class SteerableModel:
             options, fallback = ([known], False) if known is not None else (fallback_adapters(model, processor), True)
             if not options:
                 raise reg.unknown(model)
+        if self.on_meta and self.remote is not True:
+            raise InputError(
+                f"{type(model).__name__}'s weights are on the meta device (a module tree built from its config), so "
+                + ("it cannot run here; pass remote=True to run it on NDIF, or load the weights." if not self.remote else
+                   "remote='local', which runs the request here, would load its weights first; load the model "
+                   "normally for remote='local', or use remote=True."))
         self._choose(options, fallback, validate)  # sets adapter, sizes, encoder and backends
 
     # ------------------------------------------------------------------ metadata ----
@@ -258,7 +355,15 @@ class SteerableModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the parameters' device or, for a model accelerate spread over devices
+        (``device_map=``, ``hf_device_map``), its execution device (the first GPU in the map, else the
+        CPU; weights offloaded to the CPU or disk are brought there layer by layer)."""
+        return _execution_device(self.model)
+
+    @property
+    def on_meta(self) -> bool:
+        """True when the model's weights are on the meta device (a remote model built from its config)."""
+        return self.device.type == "meta"
 
     @property
     def dtype(self) -> torch.dtype:
@@ -279,7 +384,12 @@ class SteerableModel:
         self._pass_position_ids = adapter.pass_position_ids
         self._pad_exact = True  # False: the model ignores the attention mask, padded batches are refused
         self._encoder = ChatEncoder(adapter, processor, tuple(self.image_token_ids), type(model).__name__)
-        self._tracer = _NnsightBackend(model, adapter.layers_path)  # reads always trace
+        if self.remote:
+            from .remote import PassOps, RemoteBackend
+
+            self._tracer = RemoteBackend.for_model(self, adapter.layers_path, PassOps(_visit_layers, _with_vectors))
+        else:
+            self._tracer = _NnsightBackend(model, adapter.layers_path)  # reads always trace
         self._backend: Backend = (self._tracer if self.backend == "nnsight" else _HooksBackend(adapter.layers(model)))
 
     def _choose(self, options: Sequence[Adapter], fallback: bool, validate: bool) -> None:
@@ -316,6 +426,8 @@ class SteerableModel:
                 f"The adapter {self.adapter.family!r} found {self.num_layers} layers at {path!r}, "
                 f"but the config says {cfg_layers}; the layers_path points at the wrong stack."
             )
+        if self.on_meta:  # no weights here to probe: a remote model is checked by its config and module tree
+            return
         enc = self._probe(["Hello, how are you today?"])
         if self.adapter in BUILTIN_ADAPTERS:
             return
@@ -488,7 +600,8 @@ class SteerableModel:
                 "different results than its rows alone. Pass prompts one at a time, or batches whose prompts "
                 "encode to the same length."
             )
-        inputs = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.inputs.items()}
+        device = torch.device("cpu") if self.remote else self.device  # remotely, nnsight moves inputs on the server
+        inputs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.inputs.items()}
         for k, v in inputs.items():
             if k.startswith("pixel") and v.is_floating_point():
                 inputs[k] = v.to(self.dtype)
@@ -534,38 +647,25 @@ class SteerableModel:
     ) -> dict[tuple[int, str], Tensor]:
         """Several ``(layer, reduce)`` reads from one forward pass (see :meth:`read`); the result is
         keyed by the requests as given."""
-        reducers: dict[tuple[int, str], Callable[[Tensor], Tensor]] = {}
+        reducers: dict[tuple[int, str], _Reduction] = {}
         for layer, reduce in requests:
             red = as_reduce(reduce)
             check_layers(layer, self.num_layers)
             if red == "completion_mean" and bool((batch.completion_len - batch.trailer_len <= 0).any()):
                 raise PositionError("completion_mean needs a teacher-forced completion in every row; encode with completions=.")
             reducers[(layer, reduce)] = self._reducer(batch, red)
-        out: dict[tuple[int, str], Tensor] = {}
-
-        def record(layer: int, h: Tensor) -> None:
-            for (lay, red), fn in reducers.items():
-                if lay == layer:
-                    out[(lay, red)] = fn(h)
-
+        record = _Reads(reducers)
         iv, plan = self._planned(batch, self._prepare(batch, intervention), reads={lay for lay, _ in reducers})
         with torch.no_grad():
             self._tracer.read(self._model_inputs(batch), iv, plan.order, batch, record)
-        return out
+        return {key: record.data["out"][key] for key in reducers}
 
-    def _reducer(self, batch: Batch, reduce: Reduce) -> Callable[[Tensor], Tensor]:
+    def _reducer(self, batch: Batch, reduce: Reduce) -> _Reduction:
         if reduce in TOKEN_POSITIONS:
-            rows, idx = torch.arange(batch.size), batch.index(reduce)  # type: ignore[arg-type]
-            return lambda h: h[rows.to(h.device), idx.to(h.device)].detach().float().cpu()
+            return _Reduction("index", rows=torch.arange(batch.size), idx=batch.index(reduce))  # type: ignore[arg-type]
         if reduce == "per_token":
-            return lambda h: h.detach().float().cpu()
-        mask = batch.completion_mask() if reduce == "completion_mean" else batch.prompt_mask()
-
-        def mean(h: Tensor) -> Tensor:
-            m = mask.to(h.device, h.dtype)[..., None]
-            return ((h * m).sum(1) / m.sum(1).clamp(min=1)).detach().float().cpu()
-
-        return mean
+            return _Reduction("none")
+        return _Reduction("mean", mask=batch.completion_mask() if reduce == "completion_mean" else batch.prompt_mask())
 
     # ------------------------------------------------------------------ steering ----
     def forward(self, batch: Batch, intervention: Intervention | None = None) -> Float[Tensor, "batch seq vocab"]:
@@ -602,12 +702,8 @@ class SteerableModel:
         kw.update(generate_kwargs)
         kw["return_dict_in_generate"] = True
         iv, plan = self._planned(batch, iv, reads=collect_t)
-        states: dict[int, list[Tensor]] = {layer: [] for layer in collect_t}
-
-        def record(layer: int, h: Tensor) -> None:
-            if layer in states:
-                states[layer].append(h.detach().float().cpu())
-
+        record = _Reads(collect=collect_t)
+        states: dict[int, list[Tensor]] = record.data["states"]
         with torch.no_grad():
             res = self._run(self.model.generate, {**self._gen_inputs(batch), **kw}, batch, iv, plan,
                             read=record if collect_t else None, steps=max_new_tokens)
@@ -637,10 +733,9 @@ class SteerableModel:
         extra prefill: the predictor's vectors then come from an unsteered read of its source layer,
         and the steered pass applies them as plain per-row vectors."""
         plan = _plan(iv, reads)
-        if plan.needs_prefill:
+        if plan.needs_prefill and not self.remote:  # remotely, the prefill is a second trace of the same request
             assert iv is not None
-            iv = Intervention(layers=iv.layers, vectors=self._predict_extra_prefill(batch, iv), alpha=iv.alpha,
-                              positions=iv.positions, norm_preserving=iv.norm_preserving)
+            iv = _with_vectors(iv, self._predict_extra_prefill(batch, iv))
         return iv, plan
 
     def _predict_extra_prefill(self, batch: Batch, iv: Intervention) -> Tensor:
@@ -651,10 +746,20 @@ class SteerableModel:
     def _run(self, call: Callable[..., Any], kwargs: dict[str, Any], batch: Batch, iv: Intervention | None,
              plan: Plan, *, read: Read | None = None, steps: int | None = None) -> Any:
         """``call(**kwargs)`` through the backend, or as is when the plan visits no layer."""
-        if not plan.order:
+        if not plan.order and not self.remote:
             return call(**kwargs)
+        if self.remote:
+            prefill = self._model_inputs(batch) if plan.needs_prefill else None
+            return self._backend.run(call, kwargs, iv, plan.order, batch, read=read, steps=steps,  # type: ignore[call-arg]
+                                     prefill=prefill)
         return self._backend.run(call, kwargs, iv, plan.order, batch, read=read, steps=steps)
 
+
+
+def _with_vectors(iv: Intervention, vectors: Tensor) -> Intervention:
+    """``iv`` with its predictor's per-row ``vectors`` in place of the predictor (after an extra prefill)."""
+    return Intervention(layers=iv.layers, vectors=vectors, alpha=iv.alpha, positions=iv.positions,
+                        norm_preserving=iv.norm_preserving)
 
 
 def _edit(step: int, layer: int, h: Tensor, iv: Intervention | None, batch: Batch,

@@ -15,7 +15,7 @@ a ``MissingDependencyError`` that gives the command.
 """
 
 from .cache import default_cache_dir
-from .loading import load_steerable
+from .loading import load_steerable, remote_steerable
 from .tiny_llava import PooledLlavaForConditionalGeneration, assemble_tiny_llava, load_tiny_llava
 from .weights import (
     KNOWN_REAL_MODELS,
@@ -41,5 +41,6 @@ __all__ = [
     "load_real",
     "load_smollm2",
     "load_steerable",
+    "remote_steerable",
     "load_tiny_llava",
 ]

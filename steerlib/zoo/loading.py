@@ -15,17 +15,17 @@ from typing import Any
 
 import torch
 
-from ..engine import SteerableModel
+from ..engine import RemoteMode, SteerableModel
 from ..errors import InputError
 
-__all__ = ["DTYPES", "REAL_NAMES", "load_steerable"]
+__all__ = ["DTYPES", "REAL_NAMES", "load_steerable", "remote_steerable"]
 
 REAL_NAMES = ("smollm2", "smollm2-135m-instruct", "gemma3-270m")
 
 
 def load_steerable(spec: str, *, dtype: torch.dtype | str = torch.float32, device: str | None = None,
                    revision: str | None = None, device_map: str | dict | None = None,
-                   **from_pretrained_kwargs: Any) -> SteerableModel:
+                   remote: RemoteMode = False, **from_pretrained_kwargs: Any) -> SteerableModel:
     """Load a model by name, local folder or Hugging Face Hub repo id.
 
     Args:
@@ -35,7 +35,12 @@ def load_steerable(spec: str, *, dtype: torch.dtype | str = torch.float32, devic
         dtype: a ``torch.dtype`` or its name (``"float32"``, ``"bfloat16"``, ...).
         device: move the model there after loading (``"cpu"``, ``"cuda:0"``).
         revision: the Hub revision (branch, tag or commit) of a repo id.
-        device_map: passed to ``from_pretrained`` (``"auto"`` needs accelerate); excludes ``device``.
+        device_map: passed to ``from_pretrained`` (``"auto"`` needs accelerate); excludes ``device``. With
+            ``offload_folder=`` (a ``from_pretrained`` keyword) layers may also sit on the CPU or disk; they
+            read and steer exactly as in memory.
+        remote: ``True``: the model runs on NDIF; ``spec`` is a Hub repo id whose module tree is built on
+            the meta device (no weights are downloaded; see :func:`steerlib.remote.remote_steerable`).
+            ``"local"``: loaded here, and every pass goes through nnsight's offline stand-in for a server.
         from_pretrained_kwargs: passed on to ``from_pretrained`` for folders and repo ids
             (``quantization_config``, ``trust_remote_code``, ``cache_dir``, ...).
 
@@ -43,24 +48,31 @@ def load_steerable(spec: str, *, dtype: torch.dtype | str = torch.float32, devic
         InputError: an unknown name, a folder without ``config.json``, a repo id that cannot be loaded.
     """
     dtype = _dtype(dtype)
+    if remote is True:
+        if device is not None or device_map is not None:
+            raise InputError("remote=True runs the model on NDIF's devices; do not pass device or device_map.")
+        if not REPO_ID.fullmatch(spec) or Path(spec).expanduser().exists():
+            raise InputError(f"remote=True needs a Hub repo id that NDIF hosts (owner/name), not {spec!r}; use "
+                             "remote='local' to simulate a server with a model loaded here.")
+        return remote_steerable(spec, revision=revision, dtype=dtype, **from_pretrained_kwargs)
     if device is not None and device_map is not None:
         raise InputError("Give device or device_map, not both (device_map places the model while loading).")
     if spec.startswith("tiny:"):
         from ..testing import build_tiny
 
         t = build_tiny(spec.split(":", 1)[1])
-        return SteerableModel(t.model, t.processor)
+        return SteerableModel(t.model, t.processor, remote=remote)
     if spec == "tiny-llava":
         from .tiny_llava import load_tiny_llava
 
         model, proc = load_tiny_llava(dtype=dtype)
-        return SteerableModel(_to(model, device), proc)
+        return SteerableModel(_to(model, device), proc, remote=remote)
     if spec in REAL_NAMES:
         from .weights import load_real
 
         name = "smollm2-135m-instruct" if spec.startswith("smollm2") else spec
         model, tok = load_real(name, dtype=dtype)
-        return SteerableModel(_to(model, device), tok)
+        return SteerableModel(_to(model, device), tok, remote=remote)
     path = Path(spec).expanduser()
     local = path.exists()
     if local and not path.is_dir():
@@ -97,7 +109,36 @@ def load_steerable(spec: str, *, dtype: torch.dtype | str = torch.float32, devic
     else:
         model = AutoModelForCausalLM.from_pretrained(source, **load_kw)
         proc = AutoTokenizer.from_pretrained(source, **cfg_kw)
-    return SteerableModel(_to(model.eval(), device), proc)
+    return SteerableModel(_to(model.eval(), device), proc, remote=remote)
+
+
+def remote_steerable(repo_id: str, *, remote: RemoteMode = True, revision: str | None = None,
+                     task: str | None = None, dtype: torch.dtype | str | None = None, config: Any = None,
+                     tokenizer: Any = None, processor: Any = None, system_prompt: str | None = None,
+                     **wrapper_kwargs: Any) -> SteerableModel:
+    """A :class:`SteerableModel` for a model NDIF hosts, named by its repo id; no weights are loaded.
+
+    The module tree is built on the meta device by nnsight (``TransformersModel(repo_id)``, not
+    dispatched) from the checkpoint's config (or ``config=``), so the adapter finds the layers and
+    sizes without a download; the tokenizer or processor is loaded from the Hub (or given). Every
+    pass then runs on the server (:mod:`steerlib.remote`). ``task`` is the pipeline task
+    (``"text-generation"``, or ``"image-text-to-text"`` for a VLM); by default nnsight asks the Hub.
+    ``revision`` is part of the model key the server matches against its deployments.
+    """
+    from nnsight import TransformersModel
+
+    if remote not in (True, "local"):
+        raise InputError("remote_steerable builds a model that runs remotely: remote=True (NDIF) or 'local'.")
+    kw: dict[str, Any] = dict(wrapper_kwargs)
+    for key, value in (("revision", revision), ("task", task), ("dtype", dtype), ("config", config),
+                       ("tokenizer", tokenizer), ("processor", processor)):
+        if value is not None:
+            kw[key] = value
+    wrapper = TransformersModel(repo_id, dispatch=False, **kw)
+    proc = wrapper.processor or wrapper.tokenizer
+    if proc is None:
+        raise InputError(f"No tokenizer or processor for {repo_id!r}; pass tokenizer= or processor=.")
+    return SteerableModel(wrapper, proc, remote=remote, system_prompt=system_prompt)
 
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
