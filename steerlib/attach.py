@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -45,10 +45,23 @@ from .errors import InputError, PositionError, UnsupportedModelError
 from .intervention import Intervention
 from .positions import Where, as_positions
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .steerers.base import Steerer
+__all__ = ["AttachHandle", "SteererLike", "attach", "attached"]
 
-__all__ = ["AttachHandle", "attach", "attached"]
+
+class SteererLike(Protocol):
+    """What attach asks of a steerer (the :class:`steerlib.steerers.Steerer` protocol's part it uses)."""
+
+    method: str
+    alpha: float
+    positions: Where
+
+    def check_model(self, model: SteerableModel) -> None: ...
+
+    def prepare_prompts(self, items: list[ContrastiveItem]) -> list[ContrastiveItem]: ...
+
+    def intervention(self, model: SteerableModel, items: list[ContrastiveItem], batch: Batch | None = None, *,
+                     alpha: float | None = None, positions: Where | None = None) -> Intervention | None: ...
+
 
 _MARK = "_steerlib_attach"
 _SKIP_KEYS = ("cache", "past_key_values", "use_cache", "position_ids", "cache_position", "logits_to_keep",
@@ -77,7 +90,7 @@ class AttachHandle:
         enabled: False leaves the model unsteered from the next prompt pass on (the hooks stay).
     """
 
-    def __init__(self, steerer: "Steerer", model: SteerableModel, *, alpha: float | None = None,
+    def __init__(self, steerer: SteererLike, model: SteerableModel, *, alpha: float | None = None,
                  positions: Where | None = None) -> None:
         self.steerer = steerer
         self.model = model
@@ -284,7 +297,7 @@ def _load_processor(name: str) -> Any:
                      f"name_or_path {name!r}.")
 
 
-def attach(steerer: "Steerer", model: Any, processor: Any = None, *, alpha: float | None = None,
+def attach(steerer: SteererLike, model: Any, processor: Any = None, *, alpha: float | None = None,
            positions: Where | None = None) -> AttachHandle:
     """Steer every later call of ``model`` with ``steerer`` until ``handle.remove()``.
 
@@ -320,7 +333,7 @@ def attach(steerer: "Steerer", model: Any, processor: Any = None, *, alpha: floa
 
 
 @contextlib.contextmanager
-def attached(steerer: "Steerer", model: Any, processor: Any = None, *, alpha: float | None = None,
+def attached(steerer: SteererLike, model: Any, processor: Any = None, *, alpha: float | None = None,
              positions: Where | None = None) -> Iterator[AttachHandle]:
     """``with attached(steerer, model, tok, alpha=0.5) as handle:``: :func:`attach` for the block;
     the hooks are removed when it ends, also when it raises."""

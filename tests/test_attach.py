@@ -284,3 +284,22 @@ def test_handle_api_alpha_toggle_and_refusals():
     with pytest.raises(InputError, match="tokenizer"):
         t.model.config._name_or_path = ""
         st.attach(t.model)
+
+
+def test_other_methods_through_the_protocol():
+    """A sum of steerers and a conditional (gated) steerer decide from the attached prompt pass, as in
+    steerer.generate (the conditional one runs a read of its own inside the pass)."""
+    from steerlib.steerers import ConditionalSteer
+
+    t, sm, steerers = _setup("llama")
+    _, _, items = _rows(t, 2)
+    b = sm.encode(PROMPTS)
+    combined = steerers["mean"] + 0.5 * steerers["l2s"]
+    gated = ConditionalSteer(LAYER, progress=False).fit(sm, _items(False, 8))
+    assert len(set(gated.decisions(sm, PROMPTS).tolist())) == 2  # one row steered, the other not
+    for st in (combined, gated):
+        ref = st.generate_batch(sm, items, alpha=ALPHA, max_new_tokens=NEW, output_logits=True)
+        with st.attached(t.model, t.tokenizer, alpha=ALPHA):
+            out = _gen(t.model, b.inputs, t.tokenizer)
+        assert torch.equal(out.sequences.cpu(), ref.sequences), st.method
+        assert max_logit_diff(list(out.logits), ref.logits) < 1e-5
