@@ -470,6 +470,15 @@ class Steerer:
         """``with steerer.attached(model, tokenizer, alpha=0.5):``: :meth:`attach` for the block; the
         hooks are removed when it ends, also when it raises.
 
+        Args:
+            model: the Hugging Face model (or a :class:`~steerlib.engine.SteerableModel`).
+            processor: its tokenizer or processor (loaded from the model's name when omitted).
+            alpha: the strength (default: this steerer's).
+            positions: where to steer (default: this steerer's).
+
+        Returns:
+            A context manager giving the :class:`~steerlib.attach.AttachHandle`.
+
         Example:
             >>> with steerer.attached(model, tokenizer, alpha=0.5):  # doctest: +SKIP
             ...     out = pipeline("text-generation", model=model, tokenizer=tokenizer)(messages)
