@@ -23,6 +23,7 @@ from reference import max_logit_diff
 
 PROMPTS = ["Describe the picture.", "What colour is the thing in this image, and why is it there?"]
 ALPHA = 8.0
+STRONG = 100.0  # the tiny L2S's per-row vectors differ by ~0.013 (norm ~0.12): strong enough that rows tell apart
 NEW = 5
 LAYER = 1
 
@@ -113,9 +114,9 @@ def test_l2s_variants_per_row(steer_layer, source_layer, position):
     prompts = [items[0].prompt, items[3].prompt + " and more words"]
     v = st.vectors(sm, prompts)
     assert float((v[0] - v[1]).abs().max()) > 1e-4  # really per-row
-    ref = st.generate_batch(sm, prompts, alpha=ALPHA, max_new_tokens=NEW, output_logits=True)
+    ref = st.generate_batch(sm, prompts, alpha=STRONG, max_new_tokens=NEW, output_logits=True)
     b = sm.encode(prompts)
-    with st.attached(t.model, t.tokenizer, alpha=ALPHA):
+    with st.attached(t.model, t.tokenizer, alpha=STRONG):
         out = _gen(t.model, b.inputs, t.tokenizer)
     assert torch.equal(out.sequences.cpu(), ref.sequences)
     assert max_logit_diff(list(out.logits), ref.logits) < 1e-5
@@ -201,30 +202,38 @@ def test_text_streamer_prints_the_steered_text(capsys):
         assert capsys.readouterr().out.strip() == ref.strip()
 
 
-def test_beam_search_equals_a_raw_hook():
-    """Beams are expanded before the prefill; each keeps its prompt's vector through reordering."""
+@pytest.mark.parametrize("method", ["mean", "l2s"])
+def test_beam_search_equals_a_raw_hook(method):
+    """Beams are expanded before the prefill; each keeps its own prompt's vector through reordering."""
     t, sm, steerers = _setup("llama")
-    st = steerers["mean"]
+    st = steerers[method]
     b = sm.encode(PROMPTS)
-    v = st.vector_ if hasattr(st, "vector_") else None
-    assert v is not None
+    v = st.vectors(sm, PROMPTS)  # [2, d]: per row (L2S: g of each prompt)
+    if method == "l2s":
+        assert float((v[0] - v[1]).abs().max()) > 1e-4
+    beams = 2
+    alpha = STRONG if method == "l2s" else ALPHA
+    v = v.repeat_interleave(beams, 0)  # generate's row order: prompt 0's beams, then prompt 1's
+    real = b.attention_mask.repeat_interleave(beams, 0)
     layer = sm.adapter.layers(t.model)[LAYER]
-    real = b.attention_mask.repeat_interleave(2, 0)
 
     def hook(_m, _i, out):
         h = out[0] if isinstance(out, tuple) else out
         m = real[..., None].to(h.dtype) if h.shape[1] == b.seq_len else torch.ones_like(h[..., :1])
-        h = h + ALPHA * m * v.to(h.dtype)
+        h = h + alpha * m * v[:, None, :].to(h.dtype)
         return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
 
     handle = layer.register_forward_hook(hook)
     try:
-        ref = _gen(t.model, b.inputs, t.tokenizer, num_beams=2, num_return_sequences=2)
+        ref = _gen(t.model, b.inputs, t.tokenizer, num_beams=beams, num_return_sequences=beams)
     finally:
         handle.remove()
-    with st.attached(t.model, t.tokenizer, alpha=ALPHA):
-        out = _gen(t.model, b.inputs, t.tokenizer, num_beams=2, num_return_sequences=2)
+    plain = _gen(t.model, b.inputs, t.tokenizer, num_beams=beams, num_return_sequences=beams)
+    with st.attached(t.model, t.tokenizer, alpha=alpha):
+        out = _gen(t.model, b.inputs, t.tokenizer, num_beams=beams, num_return_sequences=beams)
     assert torch.equal(out.sequences, ref.sequences)
+    assert max_logit_diff(list(out.logits), list(ref.logits)) < 1e-5
+    assert max_logit_diff(list(plain.logits), list(ref.logits)) > 1e-3
 
 
 def test_model_unchanged_and_hooks_removed_on_error():
