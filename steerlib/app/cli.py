@@ -27,6 +27,7 @@ EXAMPLES = {
     "demo": "steerlib demo            # SmolLM2-135M-Instruct, offline, about 10 CPU-minutes",
     "weights": "steerlib weights smollm2   # build the cached safetensors copy once (make install runs it)",
     "export": "steerlib export --steerer runs/mean-L15 --out mean.gguf",
+    "chat": "steerlib chat --model smollm2 --steerer runs/l2s-L15 --alpha 0.5 --compare   # then /alpha 1, /steer off",
 }
 
 
@@ -131,6 +132,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--alpha", type=float, default=None, help="bake this strength into the vectors")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     e.set_defaults(func=_export)
+
+    from .chat import add_arguments as chat_args  # argparse only; the handler imports torch
+
+    ch = add("chat", "Chat with a model and a saved steerer: change alpha, toggle steering, compare with unsteered.")
+    chat_args(ch)
+    ch.set_defaults(func=_chat)
     return p
 
 
@@ -249,6 +256,12 @@ def _export(args: argparse.Namespace) -> int:
     path = export_gguf(steerer, args.out, model_hint=hint, alpha=args.alpha, overwrite=args.overwrite)
     print(f"wrote {path}")
     return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from .chat import run_from_args
+
+    return run_from_args(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,9 @@ from ..persistence import META_FILE, TENSORS_FILE, read_steerer_dir, write_dir_a
 from ..positions import Where, as_positions
 
 if TYPE_CHECKING:  # pragma: no cover
+    from contextlib import AbstractContextManager as ContextManager
+
+    from ..attach import AttachHandle
     from .extract import P2SExtraction
 
 S = TypeVar("S", bound="Steerer")
@@ -437,6 +440,52 @@ class Steerer:
             check_layers(obj.layer, model.num_layers)
             warn_on_provenance(obj.model_info_, model, path)
         return obj
+
+    # ------------------------------------------------------------------ attaching ---
+    def attach(self, model: Any, processor: Any = None, *, alpha: float | None = None,
+               positions: Where | None = None) -> "AttachHandle":
+        """Steer every later call of a plain Hugging Face model (``model.generate``, ``model(...)``,
+        ``pipeline(...)``, a streamer) until ``handle.remove()``.
+
+        Args:
+            model: the Hugging Face model (or a :class:`~steerlib.engine.SteerableModel`).
+            processor: its tokenizer or processor (loaded from the model's name when omitted).
+            alpha: the strength (default: this steerer's).
+            positions: where to steer (default: this steerer's).
+
+        Returns:
+            An :class:`~steerlib.attach.AttachHandle`; see :mod:`steerlib.attach`.
+
+        Example:
+            >>> handle = steerer.attach(model, tokenizer, alpha=0.5)  # doctest: +SKIP
+            >>> model.generate(**tokenizer(["Hi"], return_tensors="pt"))  # doctest: +SKIP
+            >>> handle.remove()  # doctest: +SKIP
+        """
+        from ..attach import attach
+
+        return attach(self, model, processor, alpha=alpha, positions=positions)
+
+    def attached(self, model: Any, processor: Any = None, *, alpha: float | None = None,
+                 positions: Where | None = None) -> "ContextManager[AttachHandle]":
+        """``with steerer.attached(model, tokenizer, alpha=0.5):``: :meth:`attach` for the block; the
+        hooks are removed when it ends, also when it raises.
+
+        Args:
+            model: the Hugging Face model (or a :class:`~steerlib.engine.SteerableModel`).
+            processor: its tokenizer or processor (loaded from the model's name when omitted).
+            alpha: the strength (default: this steerer's).
+            positions: where to steer (default: this steerer's).
+
+        Returns:
+            A context manager giving the :class:`~steerlib.attach.AttachHandle`.
+
+        Example:
+            >>> with steerer.attached(model, tokenizer, alpha=0.5):  # doctest: +SKIP
+            ...     out = pipeline("text-generation", model=model, tokenizer=tokenizer)(messages)
+        """
+        from ..attach import attached
+
+        return attached(self, model, processor, alpha=alpha, positions=positions)
 
 
 def resolve_steerer_path(path: str | os.PathLike[str], revision: str | None = None) -> Path:
