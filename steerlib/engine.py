@@ -194,6 +194,30 @@ def _config_layers(model: nn.Module) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def _unwrap_nnsight(model: Any) -> nn.Module:
+    """The Hugging Face model inside an nnsight wrapper (``NNsight``, ``LanguageModel``,
+    ``TransformersModel``): steerlib traces the model itself. The Envoy of a sub-module is refused."""
+    cls = type(model)
+    if not any(c.__module__.split(".")[0] == "nnsight" for c in cls.__mro__):
+        return model
+    inner = vars(model).get("_module")
+    if cls.__name__ != "Envoy" and isinstance(inner, nn.Module):
+        return inner
+    raise InputError(f"Got an nnsight {cls.__name__} (a wrapped part of a model), not a Hugging Face model: pass "
+                     "the underlying Hugging Face model, e.g. SteerableModel(hf_model, tokenizer).")
+
+
+def _max_positions(model: nn.Module) -> int | None:
+    """The model's maximum sequence length from its (text) config, or None when it names none."""
+    cfg = getattr(model, "config", None)
+    for c in (getattr(cfg, "text_config", None), cfg):
+        for attr in ("max_position_embeddings", "n_positions"):
+            v = getattr(c, attr, None)
+            if isinstance(v, int) and v > 0:
+                return v
+    return None
+
+
 def _hidden(out: Any) -> Tensor:
     return out[0] if isinstance(out, tuple) else out
 
@@ -224,6 +248,7 @@ class SteerableModel:
                  validate: bool = True, backend: BackendName = "nnsight") -> None:
         if processor is None:
             raise InputError("SteerableModel needs the model's processor (VLMs) or tokenizer (text models).")
+        model = _unwrap_nnsight(model)
         if backend not in BACKENDS:
             raise InputError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}.")
         self.backend: BackendName = backend
@@ -278,7 +303,8 @@ class SteerableModel:
         self.image_token_ids = adapter.image_token_ids(model, processor)
         self._pass_position_ids = adapter.pass_position_ids
         self._pad_exact = True  # False: the model ignores the attention mask, padded batches are refused
-        self._encoder = ChatEncoder(adapter, processor, tuple(self.image_token_ids), type(model).__name__)
+        self._encoder = ChatEncoder(adapter, processor, tuple(self.image_token_ids), type(model).__name__,
+                                    max_positions=_max_positions(model))
         self._tracer = _NnsightBackend(model, adapter.layers_path)  # reads always trace
         self._backend: Backend = (self._tracer if self.backend == "nnsight" else _HooksBackend(adapter.layers(model)))
 
@@ -593,6 +619,7 @@ class SteerableModel:
         """
         if max_new_tokens < 1:
             raise InputError("max_new_tokens must be >= 1.")
+        self._encoder.check_length(batch.seq_len, new_tokens=max_new_tokens)
         iv = self._prepare(batch, intervention)
         collect_t = check_layers(list(collect), self.num_layers) if collect else ()
         kw = dict(max_new_tokens=max_new_tokens, do_sample=False, return_dict_in_generate=True)
