@@ -30,6 +30,7 @@ from .adapters.finder import is_encoder_decoder, search_stacks
 from .adapters.probe import probe_image, probe_stack
 from .adapters.registry import REGISTER_HOWTO, fallback_adapters, warn_fallback
 from .data.items import ImageLike
+from .defaults import DEFAULT_MAX_NEW_TOKENS
 from .encoding import Batch, ChatEncoder
 from .errors import AdapterValidationError, InputError, PositionError, SteerlibError, UnsupportedModelError
 from .intervention import Intervention, check_layers
@@ -606,7 +607,7 @@ class SteerableModel:
         batch: Batch,
         intervention: Intervention | None = None,
         *,
-        max_new_tokens: int = 32,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         collect: Sequence[int] = (),
         decode: bool = True,
         **generate_kwargs: Any,

@@ -17,7 +17,6 @@ perplexities are cached in the output folder, so a rerun takes a fraction of the
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
@@ -29,6 +28,7 @@ import torch
 
 from ..data.demo import DEMO_SPLIT_SIZES, demo_items
 from ..data.items import ContrastiveItem, items_hash
+from ..defaults import DEFAULT_MAX_NEW_TOKENS
 from ..engine import SteerableModel
 from ..errors import MissingDependencyError
 from ..eval.compare import compare
@@ -39,8 +39,8 @@ from ..persistence import write_text_atomic
 from ..steerers import NoSteer, P2SFeatures, Steerer, extract_p2s_layers
 from .recipes import DEMO_EXTRACTION_BATCH_SIZE, demo_oracle, demo_steerers
 
-__all__ = ["SPLIT_SIZES", "TABLE_STYLE", "TARGETS", "UNCHANGED_TOKENS", "add_arguments", "choose", "choose_l2s",
-           "demo_items", "run_demo", "run_from_args", "targets"]
+__all__ = ["SPLIT_SIZES", "TABLE_STYLE", "TARGETS", "UNCHANGED_TOKENS", "choose", "choose_l2s", "demo_items",
+           "run_demo", "targets"]
 
 SPLIT_SIZES = DEMO_SPLIT_SIZES
 UNCHANGED_TOKENS = 32
@@ -116,7 +116,7 @@ def _run(model: SteerableModel, items: list[ContrastiveItem], methods: Mapping[s
 
 
 def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (12, 15),
-             alphas: Sequence[float] = (0.5, 0.75), max_new_tokens: int = 32, batch_size: int = 64,
+             alphas: Sequence[float] = (0.5, 0.75), max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 64,
              batch_tokens: int | None = 4096,
              scale: float = 1.0, g_hidden: int = 64, g_epochs: int = 100, input_layer: int = 12,
              show: int = 2) -> dict[str, Any]:
@@ -340,34 +340,3 @@ def _plots(val_rows: list[dict[str, Any]], layers: Sequence[int], out_dir: Path)
         except MissingDependencyError:  # matplotlib missing
             return []
     return paths
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2", help="smollm2 (default), or tiny:llama for a smoke run")
-    p.add_argument("--out", default="runs/demo", help="output folder (cache, tables, plots)")
-    p.add_argument("--layers", default="12,15", help="candidate layers, chosen on the validation split")
-    p.add_argument("--alphas", default="0.5,0.75", help="candidate strengths, chosen on the validation split")
-    p.add_argument("--input-layer", type=int, default=12, help="L': the layer g reads its input from")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=64, help="most rows per generation batch")
-    p.add_argument("--batch-tokens", type=int, default=4096,
-                   help="most padded prompt tokens per generation batch (rows of similar length are batched together)")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply the split sizes (e.g. 0.1 for a quick run)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    from ..zoo import load_steerable
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = load_steerable(args.model)
-    layers = [int(x) for x in args.layers.split(",")]
-    input_layer = args.input_layer
-    if args.model.startswith("tiny:"):
-        layers = [min(x, model.num_layers - 1) for x in layers]
-        input_layer = min(input_layer, model.num_layers - 1)
-    run_demo(model, Path(args.out), layers=sorted(set(layers)), alphas=[float(x) for x in args.alphas.split(",")],
-             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
-             scale=args.scale, input_layer=input_layer)
-    return 0

@@ -523,7 +523,7 @@ def perplexity(
         model.eval()
     import inspect
 
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     # Only the positions that predict a continuation token need the (vocabulary-wide) LM head:
     # with ``logits_to_keep`` the prompt part is skipped, and sorting by length keeps the kept

@@ -17,16 +17,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..batching import length_batches
 from ..data.chat import Chat, Prompt, as_prompt, as_prompts, is_messages
 from ..data.items import ContrastiveItem, items_hash
+from ..defaults import DEFAULT_MAX_NEW_TOKENS
 from ..engine import Batch, Generation, SteerableModel
 from ..errors import CompatibilityError, InputError, NotFittedError, PersistenceError, SteerlibError
 from ..intervention import Intervention, check_finite, check_layers
 from ..persistence import META_FILE, TENSORS_FILE, read_steerer_dir, write_dir_atomic
 from ..positions import Where, as_positions
+from ..progress import tqdm
 
 if TYPE_CHECKING:  # pragma: no cover
     from .extract import P2SExtraction
@@ -255,7 +256,7 @@ class Steerer:
         return Intervention.build(self.layer, v, alpha=a, positions=pos)
 
     def generate_batch(self, model: SteerableModel, items: Inputs, *, alpha: float | None = None,
-                       positions: Where | None = None, max_new_tokens: int = 48,
+                       positions: Where | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                        vectors: Float[Tensor, "batch d_model"] | None = None, **generate_kwargs: Any) -> Generation:
         """Steer one batch and return the raw :class:`~steerlib.engine.Generation`.
 
@@ -269,7 +270,7 @@ class Steerer:
         return model.generate(batch, iv, max_new_tokens=max_new_tokens, **generate_kwargs)
 
     def generate(self, model: SteerableModel, inputs: Inputs | ContrastiveItem | str, *, alpha: float | None = None,
-                 positions: Where | None = None, max_new_tokens: int = 48, batch_size: int = 8,
+                 positions: Where | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 8,
                  max_batch_tokens: int | None = None, progress: bool = True, **generate_kwargs: Any) -> list[str]:
         """Steered generation for many inputs, batched with per-row vectors; returns the texts in input order.
 
@@ -282,7 +283,7 @@ class Steerer:
                                     **generate_kwargs)[0]
 
     def generate_tokens(self, model: SteerableModel, inputs: Inputs | ContrastiveItem | str, *,
-                        alpha: float | None = None, positions: Where | None = None, max_new_tokens: int = 48,
+                        alpha: float | None = None, positions: Where | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                         batch_size: int = 8, max_batch_tokens: int | None = None, progress: bool = True,
                         desc: str | None = None, **generate_kwargs: Any) -> tuple[list[str], list[list[int]]]:
         """:meth:`generate`, also returning each row's new token ids (in input order)."""
