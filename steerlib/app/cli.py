@@ -243,8 +243,7 @@ def _load_model(args: argparse.Namespace) -> Any:
     from ..zoo import load_steerable
 
     if args.system is not None:
-        with blame("--system", ""):
-            check_text(args.system, "the text")
+        check_text(args.system, "--system")
     with blame("--model", args.model):
         model = load_steerable(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
     if args.system is not None:
