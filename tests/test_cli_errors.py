@@ -115,7 +115,7 @@ def test_internal_error_keeps_its_traceback(monkeypatch):
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], *[[c, "--help"] for c in
-                                   ("fit", "generate", "compare", "demo", "weights", "export")]])
+                                   ("fit", "generate", "compare", "demo", "probe", "weights", "export")]])
 def test_help_imports_no_torch(argv):
     """``steerlib --help`` (and every subcommand's) in a fresh interpreter: torch, nnsight and
     transformers are not imported (the parsers are light; handlers import what they run)."""

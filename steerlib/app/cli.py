@@ -29,7 +29,7 @@ from .argtypes import (
     positive_float,
     positive_int,
 )
-from .paths import DATA_ENV
+from .data_args import add_data_arguments, items_from_args
 
 __all__ = ["DEFAULT_MAX_NEW_TOKENS", "EXAMPLES", "main"]
 
@@ -42,6 +42,7 @@ EXAMPLES = {
                "--layers 15 --out runs/compare\n"
                "  steerlib compare --config runs/compare/command.toml   # rerun (resume) a folder's run",
     "demo": "steerlib demo            # SmolLM2-135M-Instruct, offline, about 4 minutes on 2 CPU cores",
+    "probe": "steerlib probe --model smollm2 --data demo --layers 9,12,15,18   # before a compare sweep",
     "weights": "steerlib weights smollm2   # build the cached safetensors copy once (make install runs it)",
     "export": "steerlib export --steerer runs/mean-L15 --out mean.gguf",
 }
@@ -101,6 +102,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     from .compare_cli import add_arguments as compare_args
     from .demo_cli import add_arguments as demo_args
+    from .probe_cli import add_arguments as probe_args
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
@@ -117,12 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     f = add("fit", "Fit a steerer on contrastive items and save it (safetensors + JSON).")
     f.add_argument("--model", default="smollm2", help="smollm2, gemma3-270m, tiny:<family>, a local HF folder or a Hub repo id")
     _model_flags(f)
-    f.add_argument("--data", default="demo",
-                   help="demo (the demo's 370 training prompts, shipped), text-safety (HarmBench / Do-Not-Answer / "
-                        "seed tasks, shipped), or PATH of a .jsonl/.csv with columns prompt,positive,negative,behavior")
-    f.add_argument("--template", default=None, choices=("harmful", "advice", "benign"),
-                   help="PATH holds prompts only: build the completions with this behaviour template")
-    f.add_argument("--data-root", default=None, help="text-safety: another copy of the data set's folder")
+    add_data_arguments(f)
     f.add_argument("--method", default="l2s", type=one_of(_fittable_methods, "fittable method"),
                    help="a steering method of the registry that can be fitted (l2s, mean, p2s, ...; "
                         "a wrong name lists them)")
@@ -134,7 +131,6 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--alpha", type=finite_float, default=1.0, help="default strength stored with the steerer")
     f.add_argument("--reduction", default="completion_mean", choices=("end_of_turn", "completion_mean", "sampled_mean"),
                    help="P2S reduction of the two forced completions")
-    f.add_argument("--limit", type=positive_int, default=None, help="at most this many items per behaviour")
     f.add_argument("--batch-size", type=positive_int, default=8, help="items per P2S extraction batch")
     f.add_argument("--out", required=True, help="output folder (checked before the model is loaded)")
     f.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
@@ -164,6 +160,10 @@ def _parser() -> argparse.ArgumentParser:
     demo_args(d)
     d.set_defaults(func=_handler(".demo_cli", "run_from_args"))
 
+    r = add("probe", "Which layer to steer: per-layer P2S consistency and behaviour separability, no generation.")
+    probe_args(r)
+    r.set_defaults(func=_handler(".probe_cli", "run_from_args"))
+
     w = add("weights", "Build, once, the cached safetensors copy of a real-weight model and load it as a check.")
     w.add_argument("name", nargs="?", default="smollm2", help="smollm2 (default), gemma3-270m or tiny-llava")
     w.set_defaults(func=_weights)
@@ -177,31 +177,6 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     e.set_defaults(func=_export)
     return p
-
-
-def _items_for(args: argparse.Namespace) -> list:
-    """The training items of ``--data`` (read before the model is loaded, so a bad file fails fast)."""
-    from ..data import cap_per_behavior, demo_items, items_from_file, shipped_text_safety_dir, text_safety_items
-
-    if args.template is not None and args.data in ("demo", "text-safety"):
-        raise SteerlibError(f"--template applies to a --data PATH of prompts, not to --data {args.data}.")
-    if args.data == "demo":
-        items = demo_items()["train"]
-    elif args.data == "text-safety":
-        from .paths import data_root
-
-        env = data_root()
-        items = text_safety_items(args.data_root or (env / "text-safety" if env else shipped_text_safety_dir()))
-    else:
-        path = Path(args.data).expanduser()
-        if path.suffix.lower() not in (".jsonl", ".csv"):
-            raise SteerlibError(f"--data {args.data}: use demo, text-safety, or the path of a .jsonl or .csv file "
-                                "(columns prompt, positive, negative, behavior; or prompts plus --template).")
-        try:
-            items = items_from_file(path, template=args.template)
-        except SteerlibError as e:
-            raise SteerlibError(f"--data: {e}") from e
-    return cap_per_behavior(items, args.limit)
 
 
 def _check_out(out: str, overwrite: bool) -> None:
@@ -221,7 +196,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     cls = METHODS[args.method]  # argparse checked it against the registry
     _check_out(args.out, args.overwrite)
-    items = _items_for(args)  # before the model: a bad file fails in a second, not after loading
+    items = items_from_args(args)  # before the model: a bad file fails in a second, not after loading
     template = L2S.selective() if cls is L2S and args.recipe == "selective" else cls()
     accepted = set(template.get_params(deep=False))
     kw: dict[str, Any] = {"layer": args.layer, "alpha": args.alpha}
