@@ -218,3 +218,16 @@ def test_nnsight_wrapper_is_unwrapped_or_refused(llama):
     torch.testing.assert_close(wrapped.forward(b), sm.forward(b))
     with pytest.raises(InputError, match="pass the underlying Hugging Face model"):
         SteerableModel(lm.model.layers, t.tokenizer)
+
+
+def test_scoring_sees_the_conversation(llama):
+    """Perplexity and a conversation judge render a conversation prompt with its turns (never its repr)."""
+    from steerlib.eval.judges import ClassifierJudge
+    from steerlib.eval.metrics import _encode_prompt
+
+    t, _ = llama
+    chat = Chat(CONV)
+    assert _encode_prompt(t.tokenizer, chat, True) == hand_ids(t.tokenizer, CONV)
+    judge = ClassifierJudge(t.model, t.tokenizer, mode="conversation", name="j")
+    want = t.tokenizer.apply_chat_template([*CONV[1:], {"role": "assistant", "content": "Paris."}], tokenize=False)
+    assert judge.format(chat, "Paris.").startswith(want)
