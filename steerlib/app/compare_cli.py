@@ -250,7 +250,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     known = buildable_methods()
     for m in methods:
         if m not in known:
-            raise CompareUsageError(f"--methods: unknown method {m!r}; use some of {', '.join(known)}.")
+            raise CompareUsageError(f"Unknown method {m!r} in --methods; use some of {', '.join(known)}.")
     _check_judge(args.judge)
     train, test = load_compare_data(args)
     threads = torch.get_num_threads()
