@@ -231,3 +231,17 @@ def test_scoring_sees_the_conversation(llama):
     judge = ClassifierJudge(t.model, t.tokenizer, mode="conversation", name="j")
     want = t.tokenizer.apply_chat_template([*CONV[1:], {"role": "assistant", "content": "Paris."}], tokenize=False)
     assert judge.format(chat, "Paris.").startswith(want)
+
+
+def test_conversations_from_a_jsonl_file_with_a_template(tmp_path):
+    import json
+
+    from steerlib.data import items_from_file
+
+    path = tmp_path / "convs.jsonl"
+    path.write_text(json.dumps({"prompt": CONV}) + "\n" + json.dumps({"prompt": "Plain?"}) + "\n", encoding="utf-8")
+    conv_item, plain_item = items_from_file(path, template="harmful")
+    assert isinstance(conv_item.prompt, Chat) and conv_item.has_completions
+    assert list(conv_item.prompt[:-1]) == [(m["role"], m["content"]) for m in CONV[:-1]]
+    assert conv_item.prompt.last_user.startswith(CONV[-1]["content"])
+    assert conv_item.prompt.last_user[len(CONV[-1]["content"]):] == plain_item.prompt[len("Plain?"):]
