@@ -13,7 +13,7 @@ from .version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from .adapters import Adapter, AdapterRegistry, get_adapter, register_adapter
-    from .data import ContrastiveItem, demo_items
+    from .data import Chat, ContrastiveItem, demo_items
     from .engine import Batch, Generation, SteerableModel
     from .errors import SteerlibError
     from .intervention import Intervention
@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Top-level name -> the module that defines it.
 _LAZY: dict[str, str] = {
     **dict.fromkeys(("Adapter", "AdapterRegistry", "get_adapter", "register_adapter"), "steerlib.adapters"),
-    **dict.fromkeys(("ContrastiveItem", "demo_items"), "steerlib.data"),
+    **dict.fromkeys(("Chat", "ContrastiveItem", "demo_items"), "steerlib.data"),
     **dict.fromkeys(("Batch", "Generation", "SteerableModel"), "steerlib.engine"),
     "SteerlibError": "steerlib.errors",
     "Intervention": "steerlib.intervention",

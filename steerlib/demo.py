@@ -9,13 +9,12 @@ from .app.demo import (
     SPLIT_SIZES,
     TARGETS,
     UNCHANGED_TOKENS,
-    add_arguments,
     choose,
     choose_l2s,
     run_demo,
-    run_from_args,
     targets,
 )
+from .app.demo_cli import add_arguments, run_from_args
 from .data.demo import demo_items
 
 __all__ = ["SPLIT_SIZES", "TARGETS", "UNCHANGED_TOKENS", "add_arguments", "choose", "choose_l2s", "demo_items",

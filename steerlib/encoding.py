@@ -17,6 +17,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from .adapters.base import Adapter
+from .data.chat import Prompt, as_prompts, check_text
 from .data.items import ImageLike, load_image
 from .errors import InputError, PositionError, ShapeMismatchError
 from .positions import TOKEN_POSITIONS, TokenPosition
@@ -129,12 +130,15 @@ class ChatEncoder:
         processor: the processor (VLMs) or tokenizer (text models).
         image_token_ids: the ids of image tokens (empty for text models).
         model_name: the model class name, for error messages.
+        max_positions: the model's maximum sequence length (``max_position_embeddings``); longer
+            encodings are refused (None: not checked).
     """
 
     adapter: Adapter
     processor: Any
     image_token_ids: tuple[int, ...] = ()
     model_name: str = "the model"
+    max_positions: int | None = None
 
     @property
     def tokenizer(self) -> Any:
@@ -142,7 +146,7 @@ class ChatEncoder:
 
     def encode(
         self,
-        prompts: Sequence[str],
+        prompts: Prompt | Sequence[Prompt],
         images: Sequence[Sequence[ImageLike]] | None = None,
         *,
         completions: Sequence[str | None] | None = None,
@@ -152,13 +156,16 @@ class ChatEncoder:
     ) -> Batch:
         """Render prompts through the chat template and encode them as one left-padded batch.
 
+        A prompt is a string (one user turn) or a conversation (a list of chat messages, or a
+        :class:`~steerlib.data.chat.Chat`), rendered with the template's ``apply_chat_template``.
         ``images[i]`` is the list of images of prompt ``i``. ``completions[i]`` is teacher-forced
         as the start of the assistant turn (``close_turn=True`` closes the turn as the template
-        does). Raises :class:`InputError` for images given to a text-only model or a VLM prompt
-        without its image.
+        does). Raises :class:`InputError` for anything that is not a prompt, images given to a
+        text-only model, a VLM prompt whose image placeholders do not match its images, text
+        that is not UTF-8 (a lone surrogate), or an encoding longer than the model's positions.
         """
         adapter, processor = self.adapter, self.processor
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        prompts = as_prompts(prompts)
         if not prompts:
             raise InputError("No prompt given: pass a non-empty list of prompts.")
         n = len(prompts)
@@ -174,11 +181,17 @@ class ChatEncoder:
             )
         if any(imgs) and not all(len(r) == len(imgs[0]) for r in imgs):
             raise InputError("Every prompt in a batch must have the same number of images; batch them separately.")
+        if system is not None:
+            check_text(system, "The system prompt")
+        for i, c in enumerate(completions or []):
+            if c is not None:
+                check_text(c, f"Completion {i}")
         tok = self.tokenizer
         texts, comp_len, trail_len, gp_len = [], [], [], []
         for i, p in enumerate(prompts):
             c = completions[i] if completions is not None else None
             k = len(imgs[i])
+            self._check_placeholders(p, k, i)
             base = adapter.render(processor, p, k, system=system, add_generation_prompt=add_generation_prompt or c is not None)
             text = base if c is None else adapter.render(processor, p, k, system=system, completion=c,
                                                          close_turn=close_turn)
@@ -197,6 +210,7 @@ class ChatEncoder:
             texts.append(text)
         inputs = self.tokenize(texts, imgs)
         ids = inputs["input_ids"]
+        self.check_length(int(ids.shape[1]))
         if completions is not None:  # a processor may append tokens after the text (PaliGemma's "\n")
             extra = torch.tensor([_appended_tokens(tok, texts[i], ids[i]) for i in range(n)])
             comp_len = [c + int(e) if c else c for c, e in zip(comp_len, extra)]
@@ -217,15 +231,55 @@ class ChatEncoder:
         return Batch(inputs=inputs, image_mask=image_mask.cpu(), completion_len=torch.tensor(comp_len),
                      trailer_len=torch.tensor(trail_len), gen_prompt_len=torch.tensor(gp_len), texts=texts)
 
-    def prompt_lengths(self, prompts: Sequence[str], n_images: Sequence[int] | None = None, *,
+    def prompt_lengths(self, prompts: Prompt | Sequence[Prompt], n_images: Sequence[int] | None = None, *,
                        system: str | None = None) -> list[int]:
         """Text tokens of each prompt as :meth:`encode` renders it (chat template and generation
         prompt; an image counts as its placeholder only). For sorting rows into batches."""
+        prompts = as_prompts(prompts)
+        if system is not None:
+            check_text(system, "The system prompt")
         # a text-only model given images: counted without them; encode() reports the mistake
         counts = list(n_images) if n_images is not None and self.adapter.is_vlm else [0] * len(prompts)
         return [_count(self.tokenizer, self.adapter.render(self.processor, p, k, system=system,
                                                            add_generation_prompt=True))
                 for p, k in zip(prompts, counts, strict=True)]
+
+    def check_length(self, n_tokens: int, *, new_tokens: int = 0) -> None:
+        """Refuse a sequence longer than the model's positions (``n_tokens`` prompt tokens plus
+        ``new_tokens`` to generate)."""
+        if self.max_positions is None or n_tokens + new_tokens <= self.max_positions:
+            return
+        more = f" plus {new_tokens} new tokens" if new_tokens else ""
+        raise InputError(f"The longest prompt encodes to {n_tokens} tokens{more}, more than {self.model_name}'s "
+                         f"{self.max_positions} positions (max_position_embeddings). Shorten the prompt"
+                         + (", or ask for fewer new tokens (max_new_tokens)." if new_tokens else "."))
+
+    def image_markers(self) -> tuple[str, ...]:
+        """The texts that stand for an image in a rendered prompt (the processor's image token, the
+        adapter's placeholder); empty for text models."""
+        if not self.adapter.is_vlm:
+            return ()
+        found = [getattr(self.processor, "image_token", None), getattr(self.tokenizer, "image_token", None),
+                 (self.adapter.image_placeholder or "").strip()]
+        return tuple(dict.fromkeys(m for m in found if isinstance(m, str) and m))
+
+    def _check_placeholders(self, prompt: Prompt, n_images: int, i: int) -> None:
+        """Refuse image placeholders typed into a VLM prompt: the chat template (or the adapter) writes
+        one per image given, so a typed one would ask for an image that is not there."""
+        markers = self.image_markers()
+        if not markers:
+            return
+        text = prompt if isinstance(prompt, str) else "\n".join(c for _, c in prompt)
+        typed = {m: text.count(m) for m in markers if m in text}
+        if typed:
+            m, k = next(iter(typed.items()))
+            if not n_images:
+                raise InputError(f"Prompt {i} contains an image placeholder but no image was given; pass its image "
+                                 "(images=[[img], ...]) or remove the placeholder.")
+            raise InputError(f"Prompt {i} has {k} image placeholder(s) {m!r} typed into its text, and {n_images} "
+                             f"image(s) were given: steerlib writes one placeholder per image given (images=[[...]]), "
+                             "so the text needs none. Remove the placeholder from the prompt and pass one image per "
+                             "placeholder you meant.")
 
     def tokenize(self, texts: list[str], imgs: list[list[ImageLike]]) -> dict[str, Tensor]:
         """Tokenize rendered texts (and their images) as one left-padded batch of model inputs."""
@@ -248,7 +302,11 @@ class ChatEncoder:
                                       add_special_tokens=add_special)
         if any(imgs):
             kwargs["images"] = self.adapter.format_images([[load_image(im) for im in row] for row in imgs])
-        enc = self.processor(**kwargs)
+        try:
+            enc = self.processor(**kwargs)
+        except ValueError as e:  # the processor's own checks of its inputs (image count, sizes, ...)
+            raise InputError(f"{type(self.processor).__name__} refused the batch: {e} Check the prompts' images "
+                             "(one list per prompt, one image per placeholder).") from e
         out = {k: v for k, v in enc.items() if k not in self.adapter.drop_keys and isinstance(v, Tensor)}
         if (out["attention_mask"][:, -1] == 0).any():
             raise InputError("The processor padded on the right; steerlib needs left padding for generation.")

@@ -30,6 +30,7 @@ from .adapters.finder import is_encoder_decoder, search_stacks
 from .adapters.probe import probe_image, probe_stack
 from .adapters.registry import REGISTER_HOWTO, fallback_adapters, warn_fallback
 from .data.items import ImageLike
+from .defaults import DEFAULT_MAX_NEW_TOKENS
 from .encoding import Batch, ChatEncoder
 from .errors import AdapterValidationError, InputError, PositionError, SteerlibError, UnsupportedModelError
 from .intervention import Intervention, check_layers
@@ -271,6 +272,30 @@ def _config_layers(model: nn.Module) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def _unwrap_nnsight(model: Any) -> nn.Module:
+    """The Hugging Face model inside an nnsight wrapper (``NNsight``, ``LanguageModel``,
+    ``TransformersModel``): steerlib traces the model itself. The Envoy of a sub-module is refused."""
+    cls = type(model)
+    if not any(c.__module__.split(".")[0] == "nnsight" for c in cls.__mro__):
+        return model
+    inner = vars(model).get("_module")
+    if cls.__name__ != "Envoy" and isinstance(inner, nn.Module):
+        return inner
+    raise InputError(f"Got an nnsight {cls.__name__} (a wrapped part of a model), not a Hugging Face model: pass "
+                     "the underlying Hugging Face model, e.g. SteerableModel(hf_model, tokenizer).")
+
+
+def _max_positions(model: nn.Module) -> int | None:
+    """The model's maximum sequence length from its (text) config, or None when it names none."""
+    cfg = getattr(model, "config", None)
+    for c in (getattr(cfg, "text_config", None), cfg):
+        for attr in ("max_position_embeddings", "n_positions"):
+            v = getattr(c, attr, None)
+            if isinstance(v, int) and v > 0:
+                return v
+    return None
+
+
 def _hidden(out: Any) -> Tensor:
     return out[0] if isinstance(out, tuple) else out
 
@@ -316,8 +341,10 @@ class SteerableModel:
         self.backend: BackendName = backend
         self.remote: RemoteMode = remote
         self._wrapper: Any = None
-        if isinstance(model, nnsight.NNsight) or hasattr(model, "to_model_key"):  # an nnsight wrapper
-            self._wrapper, model = model, model._module
+        if remote and (isinstance(model, nnsight.NNsight) or hasattr(model, "to_model_key")):
+            self._wrapper, model = model, model._module  # a remote wrapper (a meta model) is kept to send requests
+        else:
+            model = _unwrap_nnsight(model)
         self.model = model
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", None) or processor
@@ -383,7 +410,8 @@ class SteerableModel:
         self.image_token_ids = adapter.image_token_ids(model, processor)
         self._pass_position_ids = adapter.pass_position_ids
         self._pad_exact = True  # False: the model ignores the attention mask, padded batches are refused
-        self._encoder = ChatEncoder(adapter, processor, tuple(self.image_token_ids), type(model).__name__)
+        self._encoder = ChatEncoder(adapter, processor, tuple(self.image_token_ids), type(model).__name__,
+                                    max_positions=_max_positions(model))
         if self.remote:
             from .remote import PassOps, RemoteBackend
 
@@ -680,7 +708,7 @@ class SteerableModel:
         batch: Batch,
         intervention: Intervention | None = None,
         *,
-        max_new_tokens: int = 32,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         collect: Sequence[int] = (),
         decode: bool = True,
         **generate_kwargs: Any,
@@ -693,6 +721,7 @@ class SteerableModel:
         """
         if max_new_tokens < 1:
             raise InputError("max_new_tokens must be >= 1.")
+        self._encoder.check_length(batch.seq_len, new_tokens=max_new_tokens)
         iv = self._prepare(batch, intervention)
         collect_t = check_layers(list(collect), self.num_layers) if collect else ()
         kw = dict(max_new_tokens=max_new_tokens, do_sample=False, return_dict_in_generate=True)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.chat import Chat, Prompt
 from ..errors import AdapterValidationError, InputError
 
 
@@ -120,10 +121,14 @@ class Adapter:
         return [im for row in images for im in row]
 
     # --- prompts ---------------------------------------------------------------------------
-    def render(self, processor: Any, prompt: str, n_images: int = 0, *, system: str | None = None,
+    def render(self, processor: Any, prompt: Prompt, n_images: int = 0, *, system: str | None = None,
                add_generation_prompt: bool = True, completion: str | None = None,
                close_turn: bool = False) -> str:
-        """Render one user turn (and optionally an assistant completion) as model text.
+        """Render one user turn or a conversation (and optionally an assistant completion) as model text.
+
+        ``prompt`` is a string (one user turn) or a :class:`~steerlib.data.chat.Chat` (rendered as
+        its messages; images go with its last, user, message; a conversation with its own system
+        message refuses a second one in ``system``).
 
         With a chat template the template renders images (``{"type": "image"}`` parts); without
         one, ``image_placeholder`` is repeated ``n_images`` times before the prompt. With
@@ -132,7 +137,14 @@ class Adapter:
         (``close_turn=True``, as the paper's safety runs).
         """
         template_owner = _template_owner(processor)
+        chat = prompt if isinstance(prompt, Chat) else None
+        if chat is not None and system and chat.system is not None:
+            raise InputError("The conversation has its own system message and a system prompt was given too "
+                             "(SteerableModel.system_prompt / steerlib --system); give one of them.")
         if template_owner is None:
+            if chat is not None:
+                raise InputError(f"The {self.family} processor has no chat template, so a conversation (a list of "
+                                 "chat messages) cannot be rendered; pass the prompt as one string.")
             if n_images and not self.image_placeholder:
                 raise InputError(f"The {self.family} adapter has no image placeholder and the processor no chat template.")
             text = (self.image_placeholder or "") * n_images + prompt
@@ -153,6 +165,10 @@ class Adapter:
         messages: list[dict[str, Any]] = []
         if system:
             messages.append({"role": "system", "content": system if not self.is_vlm else [{"type": "text", "text": system}]})
+        if chat is not None:  # the conversation's turns; the images go with its last (user) message
+            messages += chat.messages(parts=self.is_vlm)[:-1]
+            content = ([{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": chat.last_user}]
+                       if self.is_vlm else chat.last_user)
         messages.append({"role": "user", "content": content})
         prefix = template_owner.apply_chat_template(messages, add_generation_prompt=add_generation_prompt or completion is not None,
                                                     tokenize=False)

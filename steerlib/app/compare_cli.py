@@ -5,24 +5,45 @@ argument-parser helper of the example scripts. The runner itself is
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..data.items import ContrastiveItem
+from ..defaults import DEFAULT_MAX_NEW_TOKENS
 from ..errors import SteerlibError
-from ..eval.compare import buildable_methods, compare
-from ..eval.judges import Judge
-from ..eval.report import ReportPaths, markdown_table, write_report
-from ..eval.rows import CompareResult, MetricConfig
-from .paths import DATA_ENV, data_dir
-from .recipes import DATA_PRESETS, DATA_SETS
+from .argtypes import (
+    blame,
+    comma_list,
+    device,
+    finite_float,
+    int_list,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    unit_fraction_list,
+)
+from .paths import DATA_ENV, DATA_SETS, data_dir
 
-__all__ = ["DATA_PRESETS", "DATA_SETS", "CompareUsageError", "add_arguments", "example_parser", "load_compare_data",
-           "print_report", "run_from_args"]
+if TYPE_CHECKING:  # pragma: no cover - the parser is built without torch; handlers import what they run
+    import torch
+
+    from ..data.items import ContrastiveItem
+    from ..eval.judges import Judge
+    from ..eval.report import ReportPaths
+    from ..eval.rows import CompareResult
+
+__all__ = ["COMMAND_FILE", "DATA_PRESETS", "DATA_SETS", "CompareUsageError", "add_arguments", "config_argv",
+           "example_parser", "load_compare_data", "print_report", "run_from_args", "write_command"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DATA_PRESETS":  # the recipes import the steerers (torch): on first use only
+        from .recipes import DATA_PRESETS
+
+        return DATA_PRESETS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class CompareUsageError(SteerlibError, ValueError):
@@ -30,12 +51,15 @@ class CompareUsageError(SteerlibError, ValueError):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Add the ``steerlib compare`` options to ``p``."""
+    """Add the ``steerlib compare`` options to ``p`` (nothing heavy is imported)."""
     g = p.add_argument_group("model and data")
+    g.add_argument("--config", default=None, metavar="RUN.toml|run.json",
+                   help="read the options from a TOML file (keys as the long flags, e.g. methods = \"none,l2s\") or "
+                        "from a compare folder's run.json (rerun that manifest); flags given here win")
     g.add_argument("--model", default="smollm2",
                    help="smollm2 (SmolLM2-135M-Instruct, offline weights), gemma3-270m, tiny:<family>, or a local HF folder")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: where the model loads)")
-    g.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    g.add_argument("--device", type=device, default=None, help="cpu, cuda, cuda:1 (default: where the model loads)")
+    g.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"), help="weights dtype")
     g.add_argument("--data", default="text-safety", choices=DATA_SETS,
                    help="text-safety (shared HarmBench / Do-Not-Answer / seed tasks), pope (official files, needs "
                         "--image-dir), pope-coco (POPE-style questions from the shared COCO128 labels), mmsb "
@@ -44,51 +68,65 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"the data set's folder (default: ${DATA_ENV}/<set>, <set> = text-safety, pope or "
                         "coco128-train2017)")
     g.add_argument("--image-dir", default=None, help="pope: the COCO val2014 images the question files name")
-    g.add_argument("--pope-split", default="random", choices=("random", "popular", "adversarial"))
-    g.add_argument("--limit", type=int, default=None, help="at most N train and N eval items per behaviour")
-    g.add_argument("--train-limit", type=int, default=None, help="at most N train items per behaviour (default: --limit)")
-    g.add_argument("--split", default="0.7,0.3", help="train,eval fractions (stratified by behaviour; by image for POPE)")
-    g.add_argument("--seed", type=int, default=0, help="split and sampling seed")
+    g.add_argument("--pope-split", default="random", choices=("random", "popular", "adversarial"), help="POPE split")
+    g.add_argument("--limit", type=positive_int, default=None, help="at most N train and N eval items per behaviour")
+    g.add_argument("--train-limit", type=positive_int, default=None,
+                   help="at most N train items per behaviour (default: --limit)")
+    g.add_argument("--split", type=unit_fraction_list, default="0.7,0.3",
+                   help="train,eval fractions (stratified by behaviour; by image for POPE)")
+    g.add_argument("--seed", type=nonnegative_int, default=0, help="split and sampling seed")
     s = p.add_argument_group("grid")
-    s.add_argument("--methods", default="none,mean,p2s,l2s", help=f"comma list of {', '.join(buildable_methods())}")
-    s.add_argument("--alphas", default="1.0", help="comma list of strengths, e.g. 0.5,1.0")
-    s.add_argument("--layers", default=None, help="comma list of layers L*, e.g. 15 or 10,15 (default: the middle layer)")
+    s.add_argument("--methods", type=comma_list(str, "method"), default="none,mean,p2s,l2s",
+                   help="comma list of registered methods that build from their name (an unknown one lists them)")
+    s.add_argument("--alphas", type=comma_list(finite_float, "strength"), default="1.0",
+                   help="comma list of strengths, e.g. 0.5,1.0")
+    s.add_argument("--layers", type=int_list, default=None,
+                   help="comma list of layers L*, e.g. 15 or 10,15 (default: the middle layer)")
     s.add_argument("--positions", default=None, help="all, prompt, generated, last_prompt, image, text (default all)")
     s.add_argument("--reduction", default=None,
                    help="P2S reduction: end_of_turn, completion_mean, sampled_mean (default: per data set)")
-    s.add_argument("--continuation-tokens", type=int, default=None, help="sampled_mean: tokens sampled after the completion")
-    s.add_argument("--input-layer", type=int, default=None, help="L2S input layer L' (default: L*)")
-    s.add_argument("--input-position", default=None, choices=("last_prompt", "last_prompt_no_gen"))
-    s.add_argument("--hidden", type=int, default=None, help="L2S width K")
-    s.add_argument("--epochs", type=int, default=None, help="L2S training epochs")
-    s.add_argument("--lr", type=float, default=None, help="L2S learning rate")
+    s.add_argument("--continuation-tokens", type=positive_int, default=None,
+                   help="sampled_mean: tokens sampled after the completion")
+    s.add_argument("--input-layer", type=nonnegative_int, default=None, help="L2S input layer L' (default: L*)")
+    s.add_argument("--input-position", default=None, choices=("last_prompt", "last_prompt_no_gen"),
+                   help="L2S input token")
+    s.add_argument("--hidden", type=positive_int, default=None, help="L2S width K")
+    s.add_argument("--epochs", type=positive_int, default=None, help="L2S training epochs")
+    s.add_argument("--lr", type=positive_float, default=None, help="L2S learning rate")
     o = p.add_argument_group("generation and output")
-    o.add_argument("--out", required=True, help="output folder (cache, steerers, report); rerun to resume")
-    o.add_argument("--max-new-tokens", type=int, default=48)
-    o.add_argument("--batch-size", type=int, default=8)
-    o.add_argument("--unchanged-tokens", type=int, default=32, help="benign unchanged: first N generated tokens")
+    o.add_argument("--out", default=None, help="output folder (cache, steerers, report); rerun to resume (required)")
+    o.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS, help="tokens to generate")
+    o.add_argument("--batch-size", type=positive_int, default=8, help="rows per generation batch")
+    o.add_argument("--unchanged-tokens", type=positive_int, default=32,
+                   help="benign unchanged: first N generated tokens")
     o.add_argument("--judge", default=None, help="local HF folder of a safety classifier (e.g. Llama-Guard-3-8B) "
                                                  "for the unsafe score, or tiny:llama for a smoke run")
     o.add_argument("--fluency", action="store_true", help="also score perplexity under the unsteered model")
-    o.add_argument("--threads", type=int, default=None, help="torch CPU threads for this run (default: torch's)")
+    o.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads for this run (default: torch's)")
     o.add_argument("--no-resume", action="store_true",
                    help="delete what an earlier compare run wrote in --out first (refuses a folder compare did not write)")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     o.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 
-def _csv(text: str, conv: Callable[[str], Any], what: str) -> list[Any]:
-    parts = [x.strip() for x in str(text).split(",") if x.strip()]
-    if not parts:
-        raise CompareUsageError(f"--{what} is empty; give a comma list, e.g. --{what} 1,2.")
+def _csv(value: str | Sequence[Any], conv: Callable[[str], Any], what: str) -> list[Any]:
+    """A parsed comma list as is, or a string parsed with the argument type ``conv`` (callers that
+    build their own namespace); a bad list names the flag ``--what``."""
+    if not isinstance(value, str):
+        return list(value)
     try:
-        return [conv(x) for x in parts]
-    except ValueError:
-        raise CompareUsageError(f"--{what} {text!r} is not a comma list of {conv.__name__}s.") from None
+        return comma_list(conv, what)(value)
+    except argparse.ArgumentTypeError as e:
+        raise CompareUsageError(f"--{what}: {e}.") from None
 
 
 def load_compare_data(args: argparse.Namespace) -> tuple[list[ContrastiveItem], list[ContrastiveItem]]:
     """Training and evaluation items for the CLI's ``--data`` choice (split, capped)."""
+    with blame("--data-root" if args.data_root else "--data", args.data_root or args.data):
+        return _load_compare_data(args)
+
+
+def _load_compare_data(args: argparse.Namespace) -> tuple[list[ContrastiveItem], list[ContrastiveItem]]:
     from ..data import (
         build_pope_from_yolo,
         cap_per_behavior,
@@ -99,7 +137,7 @@ def load_compare_data(args: argparse.Namespace) -> tuple[list[ContrastiveItem], 
         text_safety_items,
     )
 
-    fractions = _csv(args.split, float, "split")
+    fractions = args.split if not isinstance(args.split, str) else unit_fraction_list(args.split)
     if args.data == "text-safety":
         root = data_dir("text-safety", args.data_root)
         parts = split_items(text_safety_items(root, seed=args.seed), fractions, seed=args.seed)
@@ -137,6 +175,8 @@ _STEERER_FLAGS = {"reduction": "reduction", "continuation_tokens": "continuation
 def _steerer_kwargs(args: argparse.Namespace, methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The data set's preset, then the grid flags: a flag goes to every method whose constructor takes
     the argument (key ``"*"``) and overrides the preset's value for it."""
+    from .recipes import DATA_PRESETS
+
     preset = DATA_PRESETS[args.data]["steerer_kwargs"]
     kw: dict[str, dict[str, Any]] = {k: dict(v) for k, v in preset.items() if k == "*" or k in methods}
     star = kw.setdefault("*", {})
@@ -149,20 +189,40 @@ def _steerer_kwargs(args: argparse.Namespace, methods: Sequence[str]) -> dict[st
     return kw
 
 
+def _check_judge(spec: str | None) -> None:
+    """Refuse a ``--judge`` that cannot load, before the model is loaded."""
+    if not spec:
+        return
+    if spec.startswith("tiny:"):
+        from ..testing import FAMILIES
+
+        family = spec.split(":", 1)[1]
+        if family not in FAMILIES:
+            raise CompareUsageError(f"--judge {spec}: no tiny family {family!r}; use tiny:<family> with one of "
+                                    f"{', '.join(FAMILIES)}, or a local Hugging Face folder.")
+        return
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise CompareUsageError(f"--judge {spec!r} is not a folder; give a local Hugging Face folder of a safety "
+                                "classifier such as meta-llama/Llama-Guard-3-8B (nothing is downloaded).")
+    if not (path / "config.json").is_file():
+        raise CompareUsageError(f"--judge {spec}: no config.json in this folder; is it a Hugging Face model folder?")
+
+
 def _load_judge(spec: str | None, device: torch.device) -> Judge | None:
     if not spec:
         return None
     from ..eval.judges import SAFETY_JUDGE_TEMPLATE, ClassifierJudge
 
+    import torch
+
+    _check_judge(spec)
     if spec.startswith("tiny:"):
         from ..testing import build_tiny
 
         t = build_tiny(spec.split(":", 1)[1])
         return ClassifierJudge(t.model, t.tokenizer, SAFETY_JUDGE_TEMPLATE, mode="raw", name=f"classifier-{spec}")
     path = Path(spec)
-    if not path.is_dir():
-        raise CompareUsageError(f"--judge {spec!r} is not a folder; give a local Hugging Face folder of a safety "
-                                "classifier such as meta-llama/Llama-Guard-3-8B (nothing is downloaded).")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -175,16 +235,24 @@ def _load_judge(spec: str | None, device: torch.device) -> Judge | None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run ``steerlib compare`` from parsed arguments; prints the table and the files written."""
-    from ..zoo import load_steerable
+    import torch
 
+    from ..eval.compare import buildable_methods, compare
+    from ..eval.report import write_report
+    from ..eval.rows import MetricConfig
+    from ..zoo import load_steerable
+    from .recipes import DATA_PRESETS
+
+    if not args.out:
+        raise CompareUsageError("--out is required: the output folder (cache, steerers, report), given as a flag "
+                                "or in the --config file.")
     methods = _csv(args.methods, str, "methods")
-    alphas = _csv(args.alphas, float, "alphas")
+    alphas = _csv(args.alphas, finite_float, "alphas")
     known = buildable_methods()
     for m in methods:
         if m not in known:
             raise CompareUsageError(f"Unknown method {m!r} in --methods; use some of {', '.join(known)}.")
-    if args.threads is not None and args.threads < 1:
-        raise CompareUsageError(f"--threads must be at least 1, got {args.threads}.")
+    _check_judge(args.judge)
     train, test = load_compare_data(args)
     threads = torch.get_num_threads()
     if args.threads:
@@ -193,9 +261,11 @@ def run_from_args(args: argparse.Namespace) -> int:
         from ..eval.distributed import local_device
 
         device = args.device or local_device()  # under torchrun on GPUs: one device per rank
-        model = load_steerable(args.model, dtype=getattr(torch, args.dtype), device=device)
-        layers = _csv(args.layers, int, "layers") if args.layers else [model.num_layers // 2]
-        judge = _load_judge(args.judge, model.device)
+        with blame("--model", args.model):
+            model = load_steerable(args.model, dtype=getattr(torch, args.dtype), device=device)
+        layers = _csv(args.layers, nonnegative_int, "layers") if args.layers else [model.num_layers // 2]
+        with blame("--judge", args.judge):
+            judge = _load_judge(args.judge, model.device)
         cfg = DATA_PRESETS[args.data]["metrics"]
         cfg = MetricConfig.from_dict({**cfg.as_dict(), "unchanged_tokens": args.unchanged_tokens})
         print(f"{model!r}\n{len(train)} train / {len(test)} eval items; methods {methods}; alphas {alphas}; "
@@ -208,14 +278,78 @@ def run_from_args(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
     from ..eval.distributed import is_main_process
 
-    if is_main_process():  # every rank returns the same result; one writes the report
+    if is_main_process():  # every rank returns the same result; one writes the command and the report
+        write_command(args, Path(args.out))
         print_report(result, write_report(result, plots=not args.no_plots))
     return 0
+
+
+#: The flags a rerun does not repeat: the config itself, and the one that deletes the cache.
+_NOT_RERUN = ("config", "no_resume", "func", "command", "quiet")
+COMMAND_FILE = "command.toml"
+
+
+def write_command(args: argparse.Namespace, out: Path) -> Path:
+    """Write the run's options to ``out/command.toml``, so ``steerlib compare --config out/command.toml``
+    (or ``--config out/run.json``) runs it again (resuming from the cache)."""
+    from ..persistence import write_text_atomic
+
+    lines = ["# steerlib compare options of this folder's run: steerlib compare --config " + str(out / COMMAND_FILE)]
+    for key, value in sorted(vars(args).items()):
+        if key in _NOT_RERUN or value is None or value is False or callable(value):
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        toml = "true" if value is True else (str(value) if isinstance(value, (int, float)) else json.dumps(str(value)))
+        lines.append(f"{key.replace('_', '-')} = {toml}")
+    write_text_atomic(out / COMMAND_FILE, "\n".join(lines) + "\n")
+    return out / COMMAND_FILE
+
+
+def config_argv(path: str, parser: argparse.ArgumentParser) -> list[str]:
+    """The flags of a ``--config`` file: a TOML file of ``flag = value`` (``max-new-tokens = 32``,
+    ``methods = "none,l2s"`` or ``["none", "l2s"]``), or a compare folder's ``run.json`` / folder (its
+    ``command.toml``). Unknown keys are refused, naming them."""
+    import tomllib
+
+    p = Path(path).expanduser()
+    if p.is_dir() or p.suffix.lower() == ".json":
+        folder = p if p.is_dir() else p.parent
+        p = folder / COMMAND_FILE
+        if not p.is_file():
+            raise CompareUsageError(f"--config {path}: no {COMMAND_FILE} in {folder} (steerlib compare writes it beside "
+                                    "run.json); give a TOML file of options instead.")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CompareUsageError(f"--config {path}: no such file.") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise CompareUsageError(f"--config {path}: not a readable TOML file ({e}).") from None
+    flags = {o: a for a in parser._actions for o in a.option_strings}
+    argv: list[str] = []
+    for key, value in data.items():
+        flag = "--" + str(key).replace("_", "-")
+        action = flags.get(flag)
+        if action is None or flag in ("--config", "--help"):
+            raise CompareUsageError(f"--config {path}: unknown option {key!r} (keys are compare's long flags without "
+                                    "the dashes, e.g. max-new-tokens).")
+        if isinstance(action, argparse._StoreTrueAction):
+            if value is True:
+                argv.append(flag)
+            elif value is not False:
+                raise CompareUsageError(f"--config {path}: {key} must be true or false, got {value!r}.")
+            continue
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        argv += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
+    return argv
 
 
 def print_report(result: CompareResult, paths: ReportPaths, columns: Sequence[str] | None = None) -> None:
     """Print a comparison's table (``columns``: a subset of the metrics), what was generated or
     reused, and the files its report wrote."""
+    from ..eval.report import markdown_table
+
     print(markdown_table(result.rows, columns))
     rejected = f", {result.n_rejected} unusable in the store (set aside)" if result.n_rejected else ""
     print(f"{result.n_generated} generated, {result.n_reused} reused from the cache{rejected}")

@@ -17,7 +17,6 @@ perplexities are cached in the output folder, so a rerun takes a fraction of the
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
@@ -29,6 +28,7 @@ import torch
 
 from ..data.demo import DEMO_SPLIT_SIZES, demo_items
 from ..data.items import ContrastiveItem, items_hash
+from ..defaults import DEFAULT_MAX_NEW_TOKENS
 from ..engine import SteerableModel
 from ..errors import MissingDependencyError
 from ..eval.compare import compare
@@ -39,8 +39,8 @@ from ..persistence import write_text_atomic
 from ..steerers import NoSteer, P2SFeatures, Steerer, extract_p2s_layers
 from .recipes import DEMO_EXTRACTION_BATCH_SIZE, demo_oracle, demo_steerers
 
-__all__ = ["SPLIT_SIZES", "TABLE_STYLE", "TARGETS", "UNCHANGED_TOKENS", "add_arguments", "choose", "choose_l2s",
-           "demo_items", "run_demo", "run_from_args", "targets"]
+__all__ = ["SPLIT_SIZES", "TABLE_STYLE", "TARGETS", "UNCHANGED_TOKENS", "choose", "choose_l2s", "demo_items",
+           "run_demo", "targets"]
 
 SPLIT_SIZES = DEMO_SPLIT_SIZES
 UNCHANGED_TOKENS = 32
@@ -116,7 +116,7 @@ def _run(model: SteerableModel, items: list[ContrastiveItem], methods: Mapping[s
 
 
 def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (12, 15),
-             alphas: Sequence[float] = (0.5, 0.75), max_new_tokens: int = 32, batch_size: int = 64,
+             alphas: Sequence[float] = (0.5, 0.75), max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 64,
              batch_tokens: int | None = 4096,
              scale: float = 1.0, g_hidden: int = 64, g_epochs: int = 100, input_layer: int = 12,
              show: int = 2) -> dict[str, Any]:
@@ -132,9 +132,16 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
     def lap(stage: str) -> None:  # seconds per stage, printed at the end
         stages[stage] = time.perf_counter() - t_start - sum(stages.values())
 
+    n_val_configs = len(layers) * len(alphas) + len(alphas)  # L2S at every layer, Mean-S at L2S's layer
+    print(banner(model, out_dir, {k: len(v) for k, v in splits.items()}, scale), flush=True)
+    print(f"[1/5] fit: Mean-S and L2S at layer(s) {', '.join(map(str, layers))} on {len(train)} training prompts "
+          "(one P2S extraction, L2S's gate by 5-fold cross-validation)", flush=True)
+
     memo: dict[tuple[str, int], P2SFeatures] = {}  # P2S features of this run, shared by fit, quality and refit
     steerers = _fit_or_load(model, [train], layers, out_dir / "steerers", g_hidden, g_epochs, input_layer, memo)
     lap("fit")
+    print(f"[2/5] validation: {n_val_configs} configurations on {len(val_items)} prompts (choose layer and alpha)",
+          flush=True)
 
     # Validation: L2S at every candidate layer and alpha, then Mean-S at L2S's layer (one store).
     val_dir = out_dir / "validation"
@@ -149,10 +156,13 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
     picked = choose(val, layers, alphas, base_fr)
     quality = _g_quality(model, steerers, val_items, layers, input_layer, out_dir / "g_quality.json", memo)
     lap("validation")
+    print(f"[3/5] refit: the chosen configurations on train + validation ({len(train) + len(val_items)} prompts)",
+          flush=True)
     # The chosen configurations, refit on train + validation (the usual last step of model selection).
     final = _fit_or_load(model, [train, val_items], sorted({picked["l2s"][0], picked["mean"][0]}),
                          out_dir / "steerers-final", g_hidden, g_epochs, input_layer, memo)
     lap("refit")
+    print(f"[4/5] test: no steering, Mean-S, L2S and P2S (oracle) on {len(test)} held-out prompts", flush=True)
 
     (mean_layer, mean_alpha), (l2s_layer, l2s_alpha), (p2s_layer, p2s_alpha) = (picked[m] for m in ("mean", "l2s", "p2s"))
     test_methods: dict[str, Steerer] = {"Mean-S": final[("mean", mean_layer)], "L2S": final[("l2s", l2s_layer)],
@@ -160,6 +170,7 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
     test_alphas = {"Mean-S": [mean_alpha], "L2S": [l2s_alpha], "P2S (oracle)": [p2s_alpha]}
     _run(model, test, test_methods, test_alphas, out_dir / "test", **run)
     lap("test")
+    print(f"[5/5] perplexity of the {len(test)} x 4 test outputs under the unsteered model", flush=True)
     # Fluency: perplexity of each output under the unsteered model. An output identical to another
     # method's is scored once (most of L2S's and all of P2S's benign outputs equal the unsteered ones).
     res = _run(model, test, test_methods, test_alphas, out_dir / "test", fluency=True, **run)
@@ -195,13 +206,49 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
               "l2s_gate_cv_refit": final_l2s.gate_cv_, "targets": checks}  # type: ignore[attr-defined]
     write_text_atomic(out_dir / "results.json", json.dumps(result, indent=2))
     write_text_atomic(out_dir / "results.md", table)
-    print(f"L2S vs P2S on the validation split: {json.dumps(quality)}")
+    print("\nHow well g predicts the P2S vector on the validation split:\n" + g_quality_table(quality))
     print(f"L2S gate (fraction of the mean target norm, {final_l2s.gate_folds}-fold cross-validation on the "  # type: ignore[attr-defined]
-          f"training items): {json.dumps(gates)}")
-    print(f"chosen on validation: {json.dumps(result['selection'])}; wrote {out_dir}/results.md, results.json, "
+          "training items): " + ", ".join(f"{k} {v:.3g}" if isinstance(v, (int, float)) else f"{k} {v}"
+                                         for k, v in gates.items()))
+    chosen = "; ".join(f"{name} layer {picked[m][0]} alpha {picked[m][1]:g}"
+                       for m, name in (("l2s", "L2S"), ("mean", "Mean-S"), ("p2s", "P2S (oracle)")))
+    print(f"chosen on validation: {chosen}\nwrote {out_dir}/results.md, results.json, "
           f"{', '.join(p.name for p in plots)}; {elapsed:.0f} s ("
           + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + ")")
     return result
+
+
+#: The demo's expected time at ``--scale 1`` on SmolLM2 (2 CPU cores, weights cached; README, docs).
+EXPECTED_TIME = "about 4 minutes on 2 CPU cores (more on a busy machine)"
+
+
+def banner(model: SteerableModel, out_dir: Path, sizes: Mapping[str, int], scale: float = 1.0) -> str:
+    """The demo's opening lines: what it does, the split sizes, the expected time and where it writes."""
+    when = (f"{EXPECTED_TIME} for SmolLM2-135M-Instruct at --scale 1" if scale == 1.0
+            else f"--scale {scale:g}: a fraction of {EXPECTED_TIME} at --scale 1")
+    return (f"steerlib demo: input-dependent steering of {model.name} ({model!r}).\n"
+            f"  Fits Mean-S and gated L2S on {sizes['train']} training prompts (harmful -> refuse, advice -> defer, "
+            f"benign -> unchanged),\n  chooses layer and alpha on {sizes['val']} validation prompts and measures on "
+            f"{sizes['test']} test prompts.\n  Expected time: {when}; a rerun reuses the cache and takes seconds. "
+            f"Output: {out_dir}/")
+
+
+def g_quality_table(quality: Mapping[str, Any]) -> str:
+    """:func:`_g_quality`'s record as a small table: per layer and behaviour, the held-out cosine of g's
+    prediction to the P2S vector, its norm ratio (or, for a zero target, its norm over the harmful
+    vectors') and the share of inputs the gate leaves unsteered."""
+    lines = ["| layer | behaviour | cosine to P2S | norm ratio (target 0: over the harmful norm) | gated to zero |",
+             "|---|---|---|---|---|"]
+    for layer, rec in quality.items():
+        if not layer.startswith("L") or not isinstance(rec, Mapping):
+            continue  # the cache key
+        for beh, v in rec.items():
+            if not isinstance(v, Mapping):
+                continue  # train_seconds
+            cos = f"{v['cosine_mean']:.2f}" if "cosine_mean" in v else "- (target 0)"
+            ratio = v.get("norm_ratio", v.get("pred_norm_over_harmful_norm", float("nan")))
+            lines.append(f"| {layer[1:]} | {beh} | {cos} | {ratio:.2f} | {v['gated_to_zero']:.2f} |")
+    return "\n".join(lines)
 
 
 def _by_config(res: CompareResult, names: Mapping[str, tuple[str, int]]) -> dict[tuple[str, int, float], dict[str, Any]]:
@@ -340,34 +387,3 @@ def _plots(val_rows: list[dict[str, Any]], layers: Sequence[int], out_dir: Path)
         except MissingDependencyError:  # matplotlib missing
             return []
     return paths
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2", help="smollm2 (default), or tiny:llama for a smoke run")
-    p.add_argument("--out", default="runs/demo", help="output folder (cache, tables, plots)")
-    p.add_argument("--layers", default="12,15", help="candidate layers, chosen on the validation split")
-    p.add_argument("--alphas", default="0.5,0.75", help="candidate strengths, chosen on the validation split")
-    p.add_argument("--input-layer", type=int, default=12, help="L': the layer g reads its input from")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=64, help="most rows per generation batch")
-    p.add_argument("--batch-tokens", type=int, default=4096,
-                   help="most padded prompt tokens per generation batch (rows of similar length are batched together)")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply the split sizes (e.g. 0.1 for a quick run)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    from ..zoo import load_steerable
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = load_steerable(args.model)
-    layers = [int(x) for x in args.layers.split(",")]
-    input_layer = args.input_layer
-    if args.model.startswith("tiny:"):
-        layers = [min(x, model.num_layers - 1) for x in layers]
-        input_layer = min(input_layer, model.num_layers - 1)
-    run_demo(model, Path(args.out), layers=sorted(set(layers)), alphas=[float(x) for x in args.alphas.split(",")],
-             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
-             scale=args.scale, input_layer=input_layer)
-    return 0

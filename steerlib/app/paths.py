@@ -11,7 +11,10 @@ from pathlib import Path
 
 from ..errors import DataError
 
-__all__ = ["DATA_ENV", "data_dir", "data_root"]
+__all__ = ["DATA_ENV", "DATA_SETS", "data_dir", "data_root"]
+
+#: The data sets ``steerlib compare --data`` knows (their recipes: :mod:`steerlib.app.recipes`).
+DATA_SETS = ("text-safety", "pope", "pope-coco", "mmsb")
 
 #: The environment variable naming the folder of the data sets.
 DATA_ENV = "STEERLIB_DATA"

@@ -11,10 +11,10 @@ from typing import Any
 
 from ..eval.rows import MetricConfig
 from ..steerers import L2S, P2S, MeanSteer, Steerer
+from .paths import DATA_SETS
 
 __all__ = ["DATA_PRESETS", "DATA_SETS", "DEMO_EXTRACTION_BATCH_SIZE", "demo_oracle", "demo_steerers"]
 
-DATA_SETS = ("text-safety", "pope", "pope-coco", "mmsb")
 
 #: Per data set: steerer arguments (the paper's / the viability study's recipe) and metrics.
 DATA_PRESETS: dict[str, dict[str, Any]] = {

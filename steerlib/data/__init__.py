@@ -1,5 +1,6 @@
 """Contrastive items, behaviour templates and benchmark loaders."""
 
+from .chat import Chat, Prompt, as_prompts
 from .demo import DEMO_SPLIT_SIZES, demo_items
 from .items import ContrastiveItem, check_items, items_hash, load_image
 from .templates import (
@@ -43,7 +44,7 @@ from .loaders import (
 from .loaders.splits import cap_per_behavior, split_by_group
 from .records import items_from_file, items_from_records, items_from_table, shipped_text_safety_dir
 
-__all__ = ["ContrastiveItem", "check_items", "items_hash", "load_image"]
+__all__ = ["Chat", "ContrastiveItem", "Prompt", "as_prompts", "check_items", "items_hash", "load_image"]
 
 __all__ += [
     "BehaviorTemplate", "PromptInstruction", "apply_template", "SAFETY", "EXPERT_LEGAL",

@@ -11,7 +11,8 @@ from typing import Any, Union
 
 from PIL import Image
 
-from ..errors import DataError, DataFileError
+from ..errors import DataError, DataFileError, InputError
+from .chat import Prompt, as_prompt, is_messages
 
 ImageLike = Union[Image.Image, str, Path]
 
@@ -20,14 +21,16 @@ ImageLike = Union[Image.Image, str, Path]
 class ContrastiveItem:
     """One steering example.
 
-    ``prompt`` is the user turn; ``positive`` / ``negative`` are the desired and undesired
+    ``prompt`` is the user turn: a string, or a conversation (a list of chat messages
+    ``[{"role": ..., "content": ...}]`` ending with the user's, kept as a
+    :class:`~steerlib.data.chat.Chat` and rendered with the model's chat template); ``positive`` / ``negative`` are the desired and undesired
     assistant completions (teacher-forced to compute the P2S vector); ``behavior`` is the
     behaviour label (``"harmful"``, ``"legal"``, ``"benign"``, ``"yes"``, ...); ``images``
     are PIL images or paths; ``id`` is stable across runs (derived from the content when not
     given) and keys caches.
     """
 
-    prompt: str
+    prompt: Prompt
     positive: str | None = None
     negative: str | None = None
     behavior: str = "default"
@@ -36,8 +39,10 @@ class ContrastiveItem:
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prompt, str):
-            raise DataError(f"ContrastiveItem.prompt must be a string, got {type(self.prompt).__name__}.")
+        try:
+            object.__setattr__(self, "prompt", as_prompt(self.prompt, "ContrastiveItem.prompt"))
+        except InputError as e:
+            raise DataError(str(e)) from None
         if not isinstance(self.images, tuple):
             imgs = self.images
             if imgs is None:
@@ -88,8 +93,9 @@ class ContrastiveItem:
                 raise DataError(f"{where}: record {i} has no {', '.join(repr(c) for c in missing)} "
                                 f"(columns: {sorted(map(str, rec))}); or give only prompts plus a template "
                                 "(steerlib.data.items_from_records(..., template='harmful'|'advice'|'benign')).")
-            if not isinstance(rec[prompt], str):
-                raise DataError(f"{where}: record {i}'s {prompt!r} is a {type(rec[prompt]).__name__}, not a string.")
+            if not isinstance(rec[prompt], str) and not is_messages(rec[prompt]):
+                raise DataError(f"{where}: record {i}'s {prompt!r} is a {type(rec[prompt]).__name__}, not a string "
+                                "or a list of chat messages.")
             out.append(cls(prompt=rec[prompt], positive=str(rec[positive]), negative=str(rec[negative]),
                            behavior=str(rec[behavior])))
         return out

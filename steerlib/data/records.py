@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, DataFileError
+from .chat import is_messages
 from .items import ContrastiveItem
 from .templates import TEXT_SAFETY_TEMPLATES, BehaviorTemplate, apply_template
 
@@ -64,8 +65,9 @@ def items_from_records(records: Iterable[Mapping[str, Any]], *, prompt: str = "p
         if not isinstance(rec, Mapping):
             raise DataError(f"{where}: record {i} is a {type(rec).__name__}, not a mapping of column -> value.")
         text = rec.get(prompt)
-        if not isinstance(text, str) or not text:
-            raise DataError(f"{where}: record {i} has no string {prompt!r} (columns: {sorted(map(str, rec))}).")
+        if not (isinstance(text, str) and text) and not is_messages(text):
+            raise DataError(f"{where}: record {i} has no string {prompt!r} or list of chat messages "
+                            f"(columns: {sorted(map(str, rec))}).")
         label = rec.get(behavior)
         out.append(apply_template(text, tpl, behavior=str(label) if label not in (None, "") else None))
     return out

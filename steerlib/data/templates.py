@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from ..errors import DataError
+from .chat import Chat, Prompt, edit_last_user, is_messages
 from .items import ContrastiveItem, ImageLike
 
 CompletionMode = Literal["turn", "prefix"]
@@ -113,7 +114,7 @@ class PromptInstruction:
 
 
 def apply_template(
-    prompt: str,
+    prompt: Prompt,
     template: BehaviorTemplate,
     images: Sequence[ImageLike] | ImageLike = (),
     id: str = "",
@@ -131,8 +132,11 @@ def apply_template(
             f"apply_template needs a BehaviorTemplate, got {type(template).__name__}; "
             "build one with steerlib.data.templates.BehaviorTemplate(name, prompt_suffix, positive, negative)."
         )
-    if not isinstance(prompt, str):
-        raise DataError(f"apply_template: prompt must be a string, got {type(prompt).__name__}.")
+    if is_messages(prompt) or isinstance(prompt, Chat):  # a conversation: the template edits its last user turn
+        prompt = Chat(prompt, where="apply_template's prompt")
+    elif not isinstance(prompt, str):
+        raise DataError(f"apply_template: prompt must be a string or a list of chat messages, got "
+                        f"{type(prompt).__name__}.")
     if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
         images = (images,)  # type: ignore[assignment]
     m: dict[str, Any] = dict(meta or {})
@@ -140,7 +144,7 @@ def apply_template(
     m["template"] = template.name
     m["completion_mode"] = template.completion_mode
     return ContrastiveItem(
-        prompt=template.format_prompt(prompt),
+        prompt=edit_last_user(prompt, template.format_prompt),
         positive=template.positive,
         negative=template.negative,
         behavior=behavior if behavior is not None else template.name,

@@ -51,15 +51,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..batching import length_batches
 from ..data.items import ContrastiveItem, items_hash, stable_seed
 from ..data.loaders.splits import cap_per_behavior, split_by_group
+from ..defaults import DEFAULT_MAX_NEW_TOKENS
 from ..engine import Generation, SteerableModel
 from ..errors import CompatibilityError, DataError, InputError, PersistenceError, SteerlibError
 from ..intervention import check_finite, check_layers
 from ..positions import as_positions
+from ..progress import tqdm
 from ..steerers import METHODS, NoSteer, Steerer, fit_sharing_extraction
 from ..steerers.base import model_info
 from .distributed import Distributed, ranks, shard, sharded_extraction
@@ -105,6 +106,9 @@ __all__ = [
     "split_by_group",
 ]
 
+#: Notices (refits of saved steerers): ``logging.getLogger("steerlib")`` and its children.
+_LOG = logging.getLogger(__name__)
+
 #: How :func:`compare` cuts the evaluation rows into generation batches.
 BATCHING = ("slices", "length")
 #: Steerer hyperparameters that do not change what is fitted (left out of fingerprints).
@@ -130,7 +134,7 @@ def compare(
     layers: Sequence[int] = (0,),
     *,
     out_dir: str | os.PathLike[str],
-    max_new_tokens: int = 48,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     batch_size: int = 8,
     batching: str = "slices",
     max_batch_tokens: int | None = None,
@@ -743,12 +747,13 @@ class _Runner:
         try:
             got = Steerer.from_pretrained(path, model=self.model)
         except SteerlibError as e:
-            tqdm.write(f"compare: refitting {name} at layer {layer}: the saved steerer in {path} is not usable ({e})")
+            _LOG.warning("compare: refitting %s at layer %s: the saved steerer in %s is not usable (%s)", name, layer,
+                         path, e)
             return None
         same = (got.method == want.method and got.layer == want.layer
                 and _fitted_params(got) == _fitted_params(want) and getattr(got, "items_hash_", None) == self.train_hash)
         if not same:
-            tqdm.write(f"compare: refitting {name} at layer {layer}: {path} was fitted with other settings or data")
+            _LOG.info("compare: refitting %s at layer %s: %s was fitted with other settings or data", name, layer, path)
             return None
         keep = {k: v for k, v in want.get_params(deep=False).items() if k in ("alpha", "positions", "progress")}
         return got.set_params(**keep)

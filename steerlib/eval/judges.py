@@ -12,6 +12,7 @@ import inspect
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from ..data.chat import Chat, Prompt, prompt_text
 from ..errors import DataError, InputError
 from .metrics import (
     DEFERRAL_PHRASES,
@@ -192,14 +193,17 @@ class ClassifierJudge:
             raise InputError(f"{what}={tok!r} encodes to no token; pass a word or a token id.")
         return int(ids[0])
 
-    def format(self, prompt: str, response: str) -> str:
-        """The exact text given to the classifier for one pair."""
+    def format(self, prompt: Prompt, response: str) -> str:
+        """The exact text given to the classifier for one pair (a conversation prompt: its user and
+        assistant turns, then the response)."""
         tok = self.tokenizer
         if self.mode == "conversation":
-            msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+            turns = ([m for m in prompt.messages() if m["role"] != "system"] if isinstance(prompt, Chat)
+                     else [{"role": "user", "content": prompt}])
+            msgs = [*turns, {"role": "assistant", "content": response}]
             return tok.apply_chat_template(msgs, tokenize=False) + self.suffix
         assert self.template is not None
-        text = self.template.format(prompt=prompt, response=response)
+        text = self.template.format(prompt=prompt_text(prompt), response=response)
         if self.mode == "chat":
             return tok.apply_chat_template(
                 [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False

@@ -17,6 +17,7 @@ from statistics import NormalDist
 from typing import Any, Literal
 
 from ..batching import length_batches
+from ..data.chat import Chat, Prompt, prompt_text
 from ..errors import DataError
 
 YesNo = Literal["yes", "no"]
@@ -461,13 +462,12 @@ def proportion(flags: Iterable[bool], confidence: float = 0.95) -> Proportion:
 # Fluency
 # =============================================================================================
 
-def _encode_prompt(tokenizer: Any, prompt: str, chat_template: bool) -> list[int]:
+def _encode_prompt(tokenizer: Any, prompt: Prompt, chat_template: bool) -> list[int]:
     if chat_template:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
+        messages = prompt.messages() if isinstance(prompt, Chat) else [{"role": "user", "content": prompt}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    return list(tokenizer(prompt_text(prompt), add_special_tokens=True)["input_ids"])
 
 
 def perplexity(
@@ -523,7 +523,7 @@ def perplexity(
         model.eval()
     import inspect
 
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     # Only the positions that predict a continuation token need the (vocabulary-wide) LM head:
     # with ``logits_to_keep`` the prompt part is skipped, and sorting by length keeps the kept

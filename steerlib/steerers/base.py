@@ -10,22 +10,24 @@ from __future__ import annotations
 import copy
 import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..batching import length_batches
+from ..data.chat import Chat, Prompt, as_prompt, as_prompts, is_messages
 from ..data.items import ContrastiveItem, items_hash
+from ..defaults import DEFAULT_MAX_NEW_TOKENS
 from ..engine import Batch, Generation, SteerableModel
 from ..errors import CompatibilityError, InputError, NotFittedError, PersistenceError, SteerlibError
 from ..intervention import Intervention, check_finite, check_layers
 from ..persistence import META_FILE, TENSORS_FILE, read_steerer_dir, write_dir_atomic
 from ..positions import Where, as_positions
+from ..progress import tqdm
 
 if TYPE_CHECKING:  # pragma: no cover
     from contextlib import AbstractContextManager as ContextManager
@@ -34,43 +36,28 @@ if TYPE_CHECKING:  # pragma: no cover
     from .extract import P2SExtraction
 
 S = TypeVar("S", bound="Steerer")
-Inputs = Sequence["ContrastiveItem | str"]
+Inputs = Sequence["ContrastiveItem | Prompt"]
 FORMAT_VERSION = 1
 
 
-def as_items(inputs: Inputs | ContrastiveItem | str) -> list[ContrastiveItem]:
-    """Accept items or plain prompt strings (one, or a sequence of them).
+def as_items(inputs: Inputs | ContrastiveItem | Prompt) -> list[ContrastiveItem]:
+    """Accept items or prompts (one, or a sequence of them); a prompt is a string or a conversation
+    (a list of chat messages ``[{"role": ..., "content": ...}]``, rendered with the chat template).
 
     Raises:
-        InputError: anything else (a dict, a chat-message list, a DataFrame, a ``datasets.Dataset``,
-            a number, ...); the message names what was given and what to pass instead.
+        InputError: anything else (None, a number, bytes, a dict, a nested list, a DataFrame, a
+            ``datasets.Dataset``, ...); the message names what was given and what to pass instead.
     """
-    if isinstance(inputs, (str, ContrastiveItem)):
-        return [inputs if isinstance(inputs, ContrastiveItem) else ContrastiveItem(prompt=inputs)]
-    if hasattr(inputs, "columns") or hasattr(inputs, "column_names"):
-        raise InputError(f"Got a {type(inputs).__name__} as inputs: convert it first with "
-                         "steerlib.data.items_from_table(table) (columns prompt, positive, negative, behavior), "
-                         "or pass a list of prompt strings.")
-    if isinstance(inputs, (bytes, dict)) or not hasattr(inputs, "__iter__"):
-        raise InputError(f"Inputs must be a prompt string, a ContrastiveItem or a list of them; got a "
-                         f"{type(inputs).__name__}.")
-    out: list[ContrastiveItem] = []
-    for i, x in enumerate(inputs):
-        if isinstance(x, ContrastiveItem):
-            out.append(x)
-        elif isinstance(x, str):
-            out.append(ContrastiveItem(prompt=x))
-        elif isinstance(x, dict) and "role" in x and "content" in x:
-            raise InputError(f"Input {i} is a chat message ({x.get('role')!r}); a prompt is one user turn: pass its "
-                             "content as a string, and a system message with SteerableModel(..., system_prompt=...) "
-                             "(steerlib --system). Multi-turn conversations are not supported yet.")
-        elif isinstance(x, dict):
-            raise InputError(f"Input {i} is a dict with keys {sorted(map(str, x))}, not a prompt string or a "
-                             "ContrastiveItem; convert records with steerlib.ContrastiveItem.from_records(rows).")
-        else:
-            raise InputError(f"Input {i} is a {type(x).__name__}, not a prompt string or a ContrastiveItem; "
-                             "pass strings (or items from steerlib.data).")
-    return out
+    if isinstance(inputs, ContrastiveItem):
+        return [inputs]
+    if isinstance(inputs, Iterator):  # a generator of prompts or items
+        inputs = list(inputs)
+    if isinstance(inputs, (list, tuple)) and not isinstance(inputs, Chat) and not is_messages(inputs):
+        out: list[ContrastiveItem] = []
+        for i, x in enumerate(inputs):
+            out.append(x if isinstance(x, ContrastiveItem) else ContrastiveItem(prompt=as_prompt(x, f"Input {i}")))
+        return out
+    return [ContrastiveItem(prompt=p) for p in as_prompts(inputs)]
 
 
 class Steerer:
@@ -272,7 +259,7 @@ class Steerer:
         return Intervention.build(self.layer, v, alpha=a, positions=pos)
 
     def generate_batch(self, model: SteerableModel, items: Inputs, *, alpha: float | None = None,
-                       positions: Where | None = None, max_new_tokens: int = 48,
+                       positions: Where | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                        vectors: Float[Tensor, "batch d_model"] | None = None, **generate_kwargs: Any) -> Generation:
         """Steer one batch and return the raw :class:`~steerlib.engine.Generation`.
 
@@ -286,7 +273,7 @@ class Steerer:
         return model.generate(batch, iv, max_new_tokens=max_new_tokens, **generate_kwargs)
 
     def generate(self, model: SteerableModel, inputs: Inputs | ContrastiveItem | str, *, alpha: float | None = None,
-                 positions: Where | None = None, max_new_tokens: int = 48, batch_size: int = 8,
+                 positions: Where | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 8,
                  max_batch_tokens: int | None = None, progress: bool = True, **generate_kwargs: Any) -> list[str]:
         """Steered generation for many inputs, batched with per-row vectors; returns the texts in input order.
 
@@ -299,7 +286,7 @@ class Steerer:
                                     **generate_kwargs)[0]
 
     def generate_tokens(self, model: SteerableModel, inputs: Inputs | ContrastiveItem | str, *,
-                        alpha: float | None = None, positions: Where | None = None, max_new_tokens: int = 48,
+                        alpha: float | None = None, positions: Where | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                         batch_size: int = 8, max_batch_tokens: int | None = None, progress: bool = True,
                         desc: str | None = None, **generate_kwargs: Any) -> tuple[list[str], list[list[int]]]:
         """:meth:`generate`, also returning each row's new token ids (in input order)."""

@@ -8,6 +8,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..data.chat import edit_last_user
 from ..data.items import ContrastiveItem
 from ..data.templates import PROMPT_BASELINE_SAFETY
 from ..engine import Batch, SteerableModel
@@ -68,7 +69,7 @@ class PromptSteer(NoSteer):
         def edit(p: str) -> str:
             return p + self.instruction if self.where == "suffix" else self.instruction + p
 
-        return [it.with_(prompt=edit(it.prompt), id=it.id) for it in items]
+        return [it.with_(prompt=edit_last_user(it.prompt, edit), id=it.id) for it in items]
 
     def steered_rows(self, model: SteerableModel, items: Inputs) -> list[int]:
         return list(range(len(as_items(items))))

@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..batching import length_batches
 from ..data.items import ContrastiveItem, check_items
@@ -35,6 +34,7 @@ from ..errors import DataError
 from ..intervention import check_layers
 from ..persistence import write_text_atomic
 from ..positions import P2S_REDUCTIONS, P2SReduction, SourcePosition
+from ..progress import tqdm
 
 REDUCTIONS: tuple[P2SReduction, ...] = P2S_REDUCTIONS
 #: Old P2S reduction spellings, still accepted with a DeprecationWarning.

@@ -17,7 +17,6 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 from typing_extensions import Unpack
 
 from ..batching import length_batches
@@ -27,6 +26,7 @@ from ..errors import DataError, MissingDependencyError, ShapeMismatchError
 from ..intervention import Intervention, check_layers
 from .base import Inputs, as_items
 from ..positions import SOURCE_POSITIONS, SourcePosition, Where
+from ..progress import tqdm
 from .p2s import P2SBased, P2SParams
 
 Init = Literal["svd", "dict", "random"]

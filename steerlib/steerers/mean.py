@@ -8,6 +8,7 @@ from jaxtyping import Float
 from torch import Tensor
 from typing_extensions import Unpack
 
+from ..data.chat import edit_last_user
 from ..data.items import ContrastiveItem, check_items
 from ..engine import SteerableModel
 from ..errors import DataError
@@ -87,7 +88,7 @@ class MeanSteerBA(MeanSteer):
             items = [it for it in items if it.behavior in self.behaviors]
             if not items:
                 raise DataError(f"No training item has a behaviour in {self.behaviors}.")
-        fixed = [it.with_(prompt=it.prompt + self.prompt_suffix, positive=self.positive, negative=self.negative)
+        fixed = [it.with_(prompt=edit_last_user(it.prompt, lambda p: p + self.prompt_suffix), positive=self.positive, negative=self.negative)
                  for it in items]
         z, _ = self._p2s(model, fixed)
         self.vector_ = z.mean(0)

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 from typing_extensions import Unpack
 
 from ..batching import length_batches
@@ -31,6 +30,7 @@ from ..data.items import ContrastiveItem, check_items
 from ..engine import SteerableModel
 from ..errors import DataError, MissingDependencyError
 from ..intervention import check_layers
+from ..progress import tqdm
 from .base import Inputs, as_items
 from .extract import P2SExtraction, check_reduction
 from .p2s import P2SBased, P2SParams

@@ -57,11 +57,16 @@ def load_steerable(spec: str, *, dtype: torch.dtype | str = torch.float32, devic
         return remote_steerable(spec, revision=revision, dtype=dtype, **from_pretrained_kwargs)
     if device is not None and device_map is not None:
         raise InputError("Give device or device_map, not both (device_map places the model while loading).")
+    _check_device(device)
     if spec.startswith("tiny:"):
-        from ..testing import build_tiny
+        from ..testing import FAMILIES, build_tiny
 
-        t = build_tiny(spec.split(":", 1)[1])
-        return SteerableModel(t.model, t.processor, remote=remote)
+        family = spec.split(":", 1)[1]
+        if family not in FAMILIES:
+            raise InputError(f"Unknown tiny model family {family!r} in {spec!r}; use tiny:<family> with one of "
+                             f"{', '.join(FAMILIES)}.")
+        t = build_tiny(family)
+        return SteerableModel(_to(t.model.to(dtype), device), t.processor, remote=remote)
     if spec == "tiny-llava":
         from .tiny_llava import load_tiny_llava
 
@@ -158,6 +163,25 @@ def _offline() -> bool:
     import os
 
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _check_device(device: str | None) -> None:
+    """Refuse a device this machine does not have, before anything is loaded."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"--device {device!r} is not a device; use cpu, cuda, cuda:<index> or mps.") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise InputError(f"--device {device}: this machine has no CUDA GPU that torch can use (torch "
+                             f"{torch.__version__}); use --device cpu, or install a CUDA build of torch.")
+        if dev.index is not None and dev.index >= n:
+            raise InputError(f"--device {device}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}.")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError(f"--device {device}: MPS is not available on this machine; use --device cpu.")
 
 
 def _to(model: torch.nn.Module, device: str | None) -> torch.nn.Module:
