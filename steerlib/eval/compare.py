@@ -88,6 +88,7 @@ from .store import (
     write_manifest,
 )
 
+#: Notices (refits of saved steerers, store checks): ``logging.getLogger("steerlib")`` and its children.
 _log = logging.getLogger(__name__)
 
 __all__ = [
@@ -105,9 +106,6 @@ __all__ = [
     "load_result",
     "split_by_group",
 ]
-
-#: Notices (refits of saved steerers): ``logging.getLogger("steerlib")`` and its children.
-_LOG = logging.getLogger(__name__)
 
 #: How :func:`compare` cuts the evaluation rows into generation batches.
 BATCHING = ("slices", "length")
@@ -587,7 +585,6 @@ class _Runner:
                 msg = c.summary()
                 if msg:
                     _log.warning("compare: %s", msg)
-                    tqdm.write(f"compare: {msg}")
             self._write_manifest(complete=False)
         self.gens, self.scores = gens, scores
         self._point_writes()
@@ -741,19 +738,19 @@ class _Runner:
             return None
         if self.fits.get(f"{name}-L{layer}") != self._fingerprint(want, "learner"):
             if self.ranks.is_main:
-                tqdm.write(f"compare: refitting {name} at layer {layer}: {path} was fitted with other settings, "
-                           "data or model weights (or by an older steerlib)")
+                _log.info("compare: refitting %s at layer %s: %s was fitted with other settings, data or model "
+                          "weights (or by an older steerlib)", name, layer, path)
             return None
         try:
             got = Steerer.from_pretrained(path, model=self.model)
         except SteerlibError as e:
-            _LOG.warning("compare: refitting %s at layer %s: the saved steerer in %s is not usable (%s)", name, layer,
+            _log.warning("compare: refitting %s at layer %s: the saved steerer in %s is not usable (%s)", name, layer,
                          path, e)
             return None
         same = (got.method == want.method and got.layer == want.layer
                 and _fitted_params(got) == _fitted_params(want) and getattr(got, "items_hash_", None) == self.train_hash)
         if not same:
-            _LOG.info("compare: refitting %s at layer %s: %s was fitted with other settings or data", name, layer, path)
+            _log.info("compare: refitting %s at layer %s: %s was fitted with other settings or data", name, layer, path)
             return None
         keep = {k: v for k, v in want.get_params(deep=False).items() if k in ("alpha", "positions", "progress")}
         return got.set_params(**keep)
