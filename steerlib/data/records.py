@@ -96,8 +96,9 @@ def items_from_file(path: str | os.PathLike[str], *, template: str | BehaviorTem
     if path.suffix.lower() not in ITEM_FILE_SUFFIXES:
         raise DataFileError(f"{path}: give a .jsonl or .csv file with columns prompt, positive, negative, behavior "
                             "(or prompts plus a template).")
-    if not path.is_file():
-        raise DataFileError(f"{path}: no such file.")
+    from .loaders._io import require_file
+
+    require_file(path, "Item file")  # missing, a FIFO or device: refused as such (a FIFO would block)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
