@@ -72,7 +72,10 @@ def check_scaled_finite(v: Tensor, alpha: float, dtype: torch.dtype, what: str) 
     big = torch.finfo(dtype).max
     a = abs(float(alpha))
     norm = float(v.detach().double().norm(dim=-1).max()) if v.numel() else 0.0
-    if a > big or a * norm > big or not math.isfinite(a * norm):
+    if a > big:
+        raise NonFiniteError(f"alpha = {alpha!r} is more than {dtype} (the model's hidden states) can hold (largest "
+                             f"{big:.4g}): the steered hidden state would be infinite. Use a smaller alpha.")
+    if a * norm > big or not math.isfinite(a * norm):
         raise NonFiniteError(
             f"alpha = {alpha!r} times {what}'s norm ({norm:.4g}) is {a * norm:.4g}, more than {dtype} can hold "
             f"(largest {big:.4g}): the steered hidden state would be infinite. Use a smaller alpha (or run the "

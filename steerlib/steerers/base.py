@@ -375,6 +375,8 @@ class Steerer:
             "state": self.extra_state(),
         }
         tensors = self.state_tensors() or {"_empty": torch.zeros(0)}
+        for name, t in tensors.items():  # a folder that could not be loaded back is refused here
+            check_finite(t.detach(), f"{type(self).__name__}'s learned tensor {name!r} (not saved)")
         card = model_card(meta, metrics=metrics, datasets=datasets, license=license)
         return write_dir_atomic(path, {META_FILE: meta, TENSORS_FILE: tensors, "README.md": card.encode()},
                                 overwrite=overwrite)
