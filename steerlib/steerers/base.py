@@ -24,7 +24,7 @@ from ..data.items import ContrastiveItem, items_hash
 from ..engine import Batch, Generation, SteerableModel
 from ..errors import CompatibilityError, InputError, NotFittedError, PersistenceError, SteerlibError
 from ..intervention import Intervention, check_finite, check_layers
-from ..persistence import FLOAT_DTYPES, META_FILE, TENSORS_FILE, TensorInfo, read_steerer_dir, write_dir_atomic
+from ..persistence import FLOAT_DTYPES, META_FILE, TENSORS_FILE, TensorInfo, check_path, read_steerer_dir, write_dir_atomic
 from ..positions import Where, as_positions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -413,7 +413,7 @@ class Steerer:
 
         With ``model``, check it fits: a different type, hidden size or layer count refuses; another
         repo id or commit of the same shape warns."""
-        path = resolve_steerer_path(path, revision)
+        path = check_path(resolve_steerer_path(path, revision), "steerer folder")
         built: list[Steerer] = []
 
         def check(meta: dict[str, Any], header: dict[str, TensorInfo]) -> None:
