@@ -61,6 +61,6 @@ def test_script_prints_the_counts(results, monkeypatch, capsys):
     monkeypatch.setattr(mod, "run_catalogue", lambda: results)
     assert mod.main(["--markdown"]) == 0
     out = capsys.readouterr().out
-    assert f"| **all** | **{len(results)}** | {len(results)} | 0 | 0 | 0 | 0 | 0 |" in out
+    assert f"| **all** | **{len(results)}** | {len(results)} | 0 | 0 | 0 | 0 | 0 | 0 |" in out
     for kind in B.KINDS:
         assert f"| {kind} |" in out

@@ -111,11 +111,13 @@ def test_second_saver_gets_a_clear_error_and_the_folder_is_untouched(pair, tmp_p
     pair[0].save_pretrained(target)
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:
-        with persistence.save_lock(target):
-            os.write(w, b"x")
-            time.sleep(3)
-        os._exit(0)
+    if pid == 0:  # never return into pytest from a forked child
+        try:
+            with persistence.save_lock(target):
+                os.write(w, b"x")
+                time.sleep(3)
+        finally:
+            os._exit(0)
     os.read(r, 1)
     try:
         with pytest.raises(ConcurrentWriteError, match="Another process is saving to .* right now.*save again"):

@@ -9,7 +9,10 @@ thing. Its outcome is:
 * ``silently accepted``: it returned (the library took the bad input);
 * ``data lost``: it raised :class:`DataLost` (its own check found saved work gone);
 * ``read outside``: it raised :class:`ReadOutside` (the library returned or read a file outside
-  the folder it was given).
+  the folder it was given);
+* ``read before check``: it raised :class:`ReadBeforeCheck` (the library read far more than it
+  needed to refuse);
+* ``hang``: it was still running after :data:`CASE_TIMEOUT_S` seconds (stopped by SIGALRM).
 
 A case checks its own postcondition in a ``finally`` (e.g. "the previous folder is intact"), so
 a refusal that also lost data is counted as ``data lost``. The catalogue grows by registration:
@@ -42,9 +45,21 @@ import torch
 
 KINDS: tuple[str, ...] = ("silently wrong", "saved work lost", "read outside", "memory before check",
                           "traceback for a user mistake")
-Outcome = Literal["clean", "traceback", "silently accepted", "data lost", "read outside", "read before check"]
+Outcome = Literal["clean", "traceback", "silently accepted", "data lost", "read outside", "read before check",
+                  "hang"]
 OUTCOMES: tuple[str, ...] = ("clean", "traceback", "silently accepted", "data lost", "read outside",
-                             "read before check")
+                             "read before check", "hang")
+CASE_TIMEOUT_S = int(os.environ.get("STEERLIB_CASE_TIMEOUT_S", "20"))
+"""A case still running after this long is stopped and counted as a ``hang`` (e.g. a read
+blocking on a FIFO)."""
+
+
+class _Hang(BaseException):
+    pass
+
+
+def _alarm(signum: int, frame: Any) -> None:
+    raise _Hang()
 
 
 class DataLost(AssertionError):
@@ -157,8 +172,12 @@ def run_case(c: Case, ws: Workspace) -> tuple[Outcome, str]:
     from ..errors import SteerlibError
 
     ws.fresh()
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(CASE_TIMEOUT_S)
     try:
         c.run(ws)
+    except _Hang:
+        return "hang", f"still running after {CASE_TIMEOUT_S} s"
     except DataLost as e:
         return "data lost", str(e)
     except ReadOutside as e:
@@ -170,6 +189,8 @@ def run_case(c: Case, ws: Workspace) -> tuple[Outcome, str]:
     except Exception as e:  # noqa: BLE001 - the point is to classify it
         return "traceback", f"{type(e).__name__}: {e}"
     finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
         shutil.rmtree(ws.tmp, ignore_errors=True)
     return ("clean", "survived") if c.survives else ("silently accepted", "")
 
@@ -405,11 +426,13 @@ def _concurrent(ws: Workspace) -> None:
     target = ws.saved("mean")
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:
-        with persistence.save_lock(target):
-            os.write(w, b"x")
-            time.sleep(5)
-        os._exit(0)
+    if pid == 0:  # never return into the caller's code from a forked child
+        try:
+            with persistence.save_lock(target):
+                os.write(w, b"x")
+                time.sleep(5)
+        finally:
+            os._exit(0)
     os.read(r, 1)
     try:
         with _intact(target):
