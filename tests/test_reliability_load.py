@@ -108,7 +108,7 @@ def test_steerer_json_size_is_bounded(mean_copy):
     (lambda m: m["state"].__setitem__("gate_norm", -1.0), "gate_norm is -1.0"),
     (lambda m: m["state"].__setitem__("gate", 3.0), "gate is 3.0"),
     (lambda m: m.__setitem__("alpha", math.nan), "not valid JSON"),
-    (lambda m: m["params"].__setitem__("hidden", -1), "hidden must be an integer >= 1"),
+    (lambda m: m["params"].__setitem__("hidden", -1), "hidden must be a positive int"),
     (lambda m: m["params"].__setitem__("lr", "fast"), "lr must be a finite number"),
     (lambda m: m["model"].__setitem__("hidden_size", "64"), "hidden_size"),
     (lambda m: m["model"].__setitem__("num_layers", 0), "num_layers"),

@@ -149,5 +149,5 @@ def test_saved_settings_are_validated_on_load(sm, l2s, tmp_path):
     meta = json.loads((path / "steerer.json").read_text())
     meta["params"]["epochs"] = -4
     (path / "steerer.json").write_text(json.dumps(meta))
-    with pytest.raises(PersistenceError, match="epochs must be an integer >= 1"):
+    with pytest.raises(PersistenceError, match="epochs must be a positive int"):
         Steerer.from_pretrained(path)

@@ -98,7 +98,10 @@ def items_from_file(path: str | os.PathLike[str], *, template: str | BehaviorTem
                             "(or prompts plus a template).")
     from .loaders._io import require_file
 
-    require_file(path, "Item file")  # missing, a FIFO or device: refused as such (a FIFO would block)
+    if os.path.lexists(path):
+        require_file(path, "Item file")  # a FIFO or device: refused as such (a FIFO would block)
+    if not path.is_file():
+        raise DataFileError(f"{path}: no such file.")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

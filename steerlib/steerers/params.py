@@ -27,7 +27,9 @@ def check_int(obj: Any, name: str, *, minimum: int | None = None, optional: bool
     if v is None and optional:
         return
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or (minimum is not None and v < minimum):
-        want = "an integer" + (f" >= {minimum}" if minimum is not None else "") + (" or None" if optional else "")
+        want = {1: "a positive int (an integer >= 1)", 0: "a non-negative int (an integer >= 0)"}.get(
+            minimum, "an integer" + (f" >= {minimum}" if minimum is not None else ""))  # type: ignore[arg-type]
+        want += " or None" if optional else ""
         raise _fail(obj, name, want, v)
 
 
