@@ -82,7 +82,9 @@ def test_refused_whenever_the_product_overflows_in_the_dtype(alpha, scale, dtype
     assert bool(torch.isfinite(product).all())
 
 
-def test_g_output_is_checked_at_generate_time(sm, l2s):
+@pytest.mark.parametrize("backend", ["nnsight", "hooks"])
+def test_g_output_is_checked_at_generate_time(sm, l2s, backend):
+    sm = SteerableModel(sm.model, sm.processor, backend=backend)
     st_ = L2S(1, hidden=4, epochs=2, progress=False).fit(sm, _items())
     with torch.no_grad():
         st_.net_.decoder.weight[0, 0] = float("nan")
