@@ -750,7 +750,7 @@ class SteerableModel:
             return None
         if not isinstance(iv, Intervention):
             raise TypeError(f"Expected an Intervention, got {type(iv).__name__}; build one with Intervention.build(...).")
-        iv = iv.validate(self.num_layers, self.hidden_size, batch.size)
+        iv = iv.validate(self.num_layers, self.hidden_size, batch.size, dtype=self.dtype)
         if iv.positions.name == "image" and not bool(batch.image_mask.any()):
             raise PositionError("positions='image' but the batch has no image tokens; pass the images with the "
                                 "prompts, or steer positions='text' or 'all'.")

@@ -70,3 +70,21 @@ class MissingDependencyError(SteerlibError, ImportError):
 class UnsupportedModelError(SteerlibError, ValueError):
     """A model steerlib cannot steer correctly (an encoder-decoder, a layer output it does not handle,
     a padded batch on a model that ignores the attention mask); refused instead of steered wrong."""
+
+
+class ConcurrentWriteError(PersistenceError):
+    """Another process is saving to the same path right now; nothing was written."""
+
+
+class SpecialFileError(PersistenceError):
+    """A FIFO, device or socket where steerlib expects a regular file."""
+
+
+class ParameterError(DataError):
+    """A hyperparameter of a steerer is out of range, of the wrong type or not one of its choices
+    (the message names the parameter)."""
+
+
+class OutsideFolderError(DataFileError):
+    """A data file refers to a file outside the folder it was given (``../x``, an absolute path, a
+    symlink that leaves the folder); refused instead of read."""

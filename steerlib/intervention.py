@@ -61,6 +61,27 @@ def check_finite(x: Tensor | float, what: str) -> None:
             raise NonFiniteError(f"{what} must be a finite number, got {x!r}; pass a real number such as 1.0.")
 
 
+def check_scaled_finite(v: Tensor, alpha: float, dtype: torch.dtype, what: str) -> None:
+    """Refuse ``alpha * v`` that does not fit ``dtype`` (the dtype the model adds it in): ``alpha``
+    itself and ``|alpha| * ||v||`` (per row) must be below the dtype's largest finite value.
+
+    The product is computed in float64, so ``alpha = 1e39`` with float32 hidden states (largest
+    3.4e38) is refused here instead of turning the hidden state into infinities."""
+    if not dtype.is_floating_point:
+        return
+    big = torch.finfo(dtype).max
+    a = abs(float(alpha))
+    norm = float(v.detach().double().norm(dim=-1).max()) if v.numel() else 0.0
+    if a > big:
+        raise NonFiniteError(f"alpha = {alpha!r} is more than {dtype} (the model's hidden states) can hold (largest "
+                             f"{big:.4g}): the steered hidden state would be infinite. Use a smaller alpha.")
+    if a * norm > big or not math.isfinite(a * norm):
+        raise NonFiniteError(
+            f"alpha = {alpha!r} times {what}'s norm ({norm:.4g}) is {a * norm:.4g}, more than {dtype} can hold "
+            f"(largest {big:.4g}): the steered hidden state would be infinite. Use a smaller alpha (or run the "
+            "model in a wider dtype).")
+
+
 @dataclass(frozen=True)
 class Intervention:
     """Add ``alpha * v`` to the output of each layer in ``layers`` at ``positions``.
@@ -111,10 +132,20 @@ class Intervention:
                    predictor=predictor, source_layer=source_layer, source_position=source_position,
                    ablate=abl, norm_preserving=bool(norm_preserving))
 
-    def validate(self, num_layers: int, hidden_size: int, batch_size: int) -> "Intervention":
-        """Check every field against a model and a batch; return a copy with sorted layers."""
+    def validate(self, num_layers: int, hidden_size: int, batch_size: int,
+                 dtype: torch.dtype | None = None) -> "Intervention":
+        """Check every field against a model and a batch; return a copy with sorted layers.
+
+        ``dtype``: the hidden states' dtype; ``alpha`` times each vector's norm must be finite in it."""
         layers = check_layers(self.layers, num_layers)
         check_finite(self.alpha, "alpha")
+        if dtype is not None:
+            check_scaled_finite(torch.zeros(0), self.alpha, dtype, "the steering vector")
+            vecs = self.vectors if isinstance(self.vectors, Mapping) else (
+                {} if self.vectors is None else {layers[0]: self.vectors})
+            for layer, v in vecs.items():
+                if isinstance(v, Tensor) and v.is_floating_point() and bool(torch.isfinite(v).all()):
+                    check_scaled_finite(v, self.alpha, dtype, f"the steering vector for layer {layer}")
         if self.ablate is not None:
             if self.predictor is not None:
                 raise ShapeMismatchError(

@@ -611,6 +611,7 @@ def test_crash_while_swapping_folders_restores_the_previous_one(llama, saved, tm
         return real_replace(src, dst)
 
     st = MeanSteer(LAYER, alpha=5.0, progress=False).fit(sm, _items(4))
+    monkeypatch.setattr(persistence, "exchange", lambda a, b: False)  # the fallback without RENAME_EXCHANGE
     monkeypatch.setattr(persistence.os, "replace", flaky_replace)
     with pytest.raises(OSError, match="simulated"):
         st.save_pretrained(target, overwrite=True)

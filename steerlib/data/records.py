@@ -98,6 +98,10 @@ def items_from_file(path: str | os.PathLike[str], *, template: str | BehaviorTem
     if path.suffix.lower() not in ITEM_FILE_SUFFIXES:
         raise DataFileError(f"{path}: give a .jsonl or .csv file with columns prompt, positive, negative, behavior "
                             "(or prompts plus a template).")
+    from .loaders._io import require_file
+
+    if os.path.lexists(path):
+        require_file(path, "Item file")  # a FIFO or device: refused as such (a FIFO would block)
     if not path.is_file():
         raise DataFileError(f"{path}: no such file.")
     try:

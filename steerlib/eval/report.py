@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, MissingDependencyError
-from ..persistence import write_text_atomic
+from ..persistence import write_text_atomic, writing
 from .rows import CompareResult, load_result
 
 __all__ = [
@@ -351,6 +351,13 @@ def write_report(result: CompareResult | str | os.PathLike[str], out_dir: str | 
     """
     res = result if isinstance(result, CompareResult) else load_result(result)
     out = Path(out_dir) if out_dir is not None else res.out_dir
+    with writing(out, "write the report into"):
+        return _write_report(res, out, metrics, select, plots)
+
+
+def _write_report(res: CompareResult, out: Path, metrics: Sequence[str] | None, select: str,
+                  plots: bool) -> ReportPaths:
+    """:func:`write_report`'s body, inside the write boundary (OS errors as PersistenceError)."""
     out.mkdir(parents=True, exist_ok=True)
     rows = res.rows
     if not rows:

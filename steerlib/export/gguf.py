@@ -68,7 +68,8 @@ from ..errors import (
 )
 from ..steerers.base import Steerer
 from ..steerers.static import StaticVectors, as_vector_dict
-from ..persistence import umask_mode
+from ..intervention import check_scaled_finite
+from ..persistence import check_path, open_regular, umask_mode, writing
 
 ARCH = "controlvector"
 KEY_MODEL_HINT = f"{ARCH}.model_hint"
@@ -154,6 +155,8 @@ def export_gguf(steerer_or_vectors: VectorsLike, path: str | os.PathLike[str], *
             f"The vectors have different lengths {sorted(widths)}; a control vector needs one hidden size for every "
             "layer. Were they made on different models?"
         )
+    for layer, v in vecs.items():  # the file holds float32: alpha * vector must fit it
+        check_scaled_finite(v, a, torch.float32, f"the vector for layer {layer}")
     if positions != "all":
         warnings.warn(
             f"The steerer adds its vector at positions={positions!r}, but llama.cpp adds a control vector at every "
@@ -161,7 +164,13 @@ def export_gguf(steerer_or_vectors: VectorsLike, path: str | os.PathLike[str], *
             UserWarning, stacklevel=2,
         )
     gguf = _require_gguf()
-    target = Path(path)
+    with writing(path, "export the control vector to") as target:
+        return _write_gguf(gguf, target, vecs, a, model_hint, method, positions, overwrite)
+
+
+def _write_gguf(gguf: Any, target: Path, vecs: dict[int, Tensor], a: float, model_hint: str, method: str,
+                positions: str, overwrite: bool) -> Path:
+    """Write the file through a temporary sibling and a rename (inside :func:`writing`)."""
     if target.is_dir():
         raise PersistenceError(f"{target} is a folder; give the path of a .gguf file to write.")
     if target.exists() and not overwrite:
@@ -241,7 +250,10 @@ def read_gguf(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[int, F
     Raises PersistenceError for a missing, unreadable or non-control-vector file.
     """
     gguf = _require_gguf()
-    p = Path(path)
+    p = check_path(path, "control-vector file")
+    if os.path.lexists(p) and not p.is_dir():
+        fd, _ = open_regular(p, "control-vector file")  # a FIFO or device is refused as such
+        os.close(fd)
     if not p.is_file():
         raise PersistenceError(f"No control-vector file at {p}; give the path of a .gguf file written by "
                                "export_gguf, repeng or llama.cpp's cvector-generator.")

@@ -59,6 +59,15 @@ class DirectionalAblation(P2SBased):
         super()._check_params(model)
         self._ablated(model.num_layers)
 
+    def _check_settings(self) -> None:
+        super()._check_settings()
+        from .params import check_bool
+
+        check_bool(self, "norm_preserving")
+
+    def expected_tensors(self, hidden_size: int, num_layers: int | None) -> dict[str, tuple[int | None, ...] | None]:
+        return {"vector_": (hidden_size,)}
+
     def _ablated(self, num_layers: int) -> list[int]:
         if self.ablate_layers is None:
             return [self.layer]

@@ -25,7 +25,7 @@ from ..defaults import DEFAULT_MAX_NEW_TOKENS
 from ..engine import Batch, Generation, SteerableModel
 from ..errors import CompatibilityError, InputError, NotFittedError, PersistenceError, SteerlibError
 from ..intervention import Intervention, check_finite, check_layers
-from ..persistence import META_FILE, TENSORS_FILE, read_steerer_dir, write_dir_atomic
+from ..persistence import FLOAT_DTYPES, META_FILE, TENSORS_FILE, TensorInfo, check_path, read_steerer_dir, write_dir_atomic
 from ..positions import Where, as_positions
 from ..progress import tqdm
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .extract import P2SExtraction
 
 S = TypeVar("S", bound="Steerer")
+TensorShape = tuple[int | None, ...] | None
 Inputs = Sequence["ContrastiveItem | Prompt"]
 FORMAT_VERSION = 1
 
@@ -201,9 +202,24 @@ class Steerer:
 
     def _check_params(self, model: SteerableModel) -> None:
         """Validate the hyperparameters against ``model`` (called by :meth:`fit`; subclasses extend)."""
+        self._check_settings()
         check_layers(self.layer, model.num_layers)
         as_positions(self.positions)
         check_finite(self.alpha, "alpha")
+
+    def _check_settings(self) -> None:
+        """Validate the hyperparameters that need no model: types, ranges, choices; every failure a
+        :class:`~steerlib.errors.ParameterError` naming the parameter (called by :meth:`fit` and
+        on load; subclasses extend with their own)."""
+        check_finite(self.alpha, "alpha")
+        as_positions(self.positions)
+
+    def expected_tensors(self, hidden_size: int, num_layers: int | None) -> dict[str, TensorShape]:
+        """The tensors a fitted steerer of these hyperparameters saves, by name: each one's shape
+        (``None`` for a dimension, or for the whole shape, that the hyperparameters do not fix), for a
+        model of ``hidden_size`` and ``num_layers``. A saved folder is checked against it from the
+        safetensors header before any tensor is read; methods with tensors override it."""
+        return {name: None for name in self._tensors}
 
     # ------------------------------------------------------------------ fitting -----
     def fit(self: S, model: SteerableModel, items: Sequence[ContrastiveItem]) -> S:
@@ -349,6 +365,8 @@ class Steerer:
             "state": self.extra_state(),
         }
         tensors = self.state_tensors() or {"_empty": torch.zeros(0)}
+        for name, t in tensors.items():  # a folder that could not be loaded back is refused here
+            check_finite(t.detach(), f"{type(self).__name__}'s learned tensor {name!r} (not saved)")
         card = model_card(meta, metrics=metrics, datasets=datasets, license=license)
         return write_dir_atomic(path, {META_FILE: meta, TENSORS_FILE: tensors, "README.md": card.encode()},
                                 overwrite=overwrite)
@@ -385,46 +403,31 @@ class Steerer:
 
         With ``model``, check it fits: a different type, hidden size or layer count refuses; another
         repo id or commit of the same shape warns."""
-        path = resolve_steerer_path(path, revision)
-        meta, tensors = read_steerer_dir(path)
-        if meta.get("library") != "steerlib" or "method" not in meta:
-            raise PersistenceError(f"{path} was not written by steerlib's save_pretrained (no library/method "
-                                   "in steerer.json); save the steerer with save_pretrained.")
-        fmt = meta.get("format_version", 0)
-        if isinstance(fmt, bool) or not isinstance(fmt, int):
-            raise PersistenceError(f"{path}: steerer.json has an invalid format_version {fmt!r}; the folder is "
-                                   "corrupt, save the steerer again.")
-        if fmt > FORMAT_VERSION:
-            raise CompatibilityError(
-                f"{path} was saved by steerlib {meta.get('library_version')} (format {fmt}); "
-                f"this version reads format <= {FORMAT_VERSION}. Upgrade steerlib."
-            )
-        klass = Steerer._registry.get(meta["method"]) if isinstance(meta["method"], str) else None
-        if klass is None:
-            raise PersistenceError(f"{path} holds an unknown steering method {meta['method']!r}; known methods: "
-                                   f"{', '.join(sorted(Steerer._registry))}. Upgrade steerlib or check the folder.")
-        if cls is not Steerer and not issubclass(klass, cls):
-            raise PersistenceError(f"{path} holds a {klass.__name__}, not a {cls.__name__}; load it with "
-                                   f"{klass.__name__}.from_pretrained or Steerer.from_pretrained.")
+        path = check_path(resolve_steerer_path(path, revision), "steerer folder")
+        built: list[Steerer] = []
+
+        def check(meta: dict[str, Any], header: dict[str, TensorInfo]) -> None:
+            # everything in steerer.json, then the tensors' header, before any tensor byte is read
+            obj = klass_from_meta(cls, meta, path)
+            if model is not None:
+                obj.check_model(model)
+                check_layers(obj.layer, model.num_layers)
+            obj._check_header(header, path)
+            built.append(obj)
+
+        meta, tensors = read_steerer_dir(path, root=_hub_root(path), check=check)
+        obj = built[0]
         try:
-            if not isinstance(meta["params"], dict) or not isinstance(meta["model"], dict):
-                raise TypeError("'params' and 'model' must be JSON objects")
-            obj = klass(**meta["params"])
-            obj.model_info_ = meta["model"]
-            obj.n_items_ = meta["n_items"]
-            obj.items_hash_ = meta["items_sha256"]
             state = meta.get("state", {})
             obj.load_extra_state(state if isinstance(state, dict) else {}, tensors)
         except SteerlibError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
             raise PersistenceError(
-                f"{path} is corrupt: its steerer.json and steerer.safetensors do not describe a {klass.__name__} "
+                f"{path} is corrupt: its steerer.json and steerer.safetensors do not describe a {type(obj).__name__} "
                 f"({type(e).__name__}: {e}). Save the steerer again with save_pretrained."
             ) from e
         if model is not None:
-            obj.check_model(model)
-            check_layers(obj.layer, model.num_layers)
             warn_on_provenance(obj.model_info_, model, path)
         return obj
 
@@ -473,6 +476,99 @@ class Steerer:
         from ..attach import attached
 
         return attached(self, model, processor, alpha=alpha, positions=positions)
+
+    def _check_header(self, header: dict[str, TensorInfo], path: object) -> None:
+        """Refuse a saved tensor file whose names, dtypes or shapes are not what
+        :meth:`expected_tensors` says these hyperparameters and this model give."""
+        info = self.model_info_
+        expected = self.expected_tensors(info["hidden_size"], info.get("num_layers")) or {"_empty": (0,)}
+        if set(header) != set(expected):
+            raise PersistenceError(
+                f"{path} is corrupt: its steerer.json and steerer.safetensors do not describe a {type(self).__name__} "
+                f"(the tensor file holds {sorted(header)}, a {type(self).__name__} saves {sorted(expected)}). "
+                "Save the steerer again with save_pretrained.")
+        for name, want in expected.items():
+            got = header[name]
+            if got.dtype not in FLOAT_DTYPES:
+                raise PersistenceError(
+                    f"{path} is corrupt: its steerer.json and steerer.safetensors do not describe a "
+                    f"{type(self).__name__} (tensor {name!r} has dtype {got.dtype}; it saves floating tensors, "
+                    f"{', '.join(FLOAT_DTYPES)}). Save the steerer again with save_pretrained.")
+            if want is not None and (len(got.shape) != len(want)
+                                     or any(w is not None and w != g for w, g in zip(want, got.shape))):
+                shown = "[" + ", ".join("*" if w is None else str(w) for w in want) + "]"
+                raise CompatibilityError(
+                    f"{path}: tensor {name!r} has shape {list(got.shape)}, but a {type(self).__name__} with these "
+                    f"settings on a model of hidden size {info['hidden_size']} has {shown}; the folder is corrupt or "
+                    "was made for another model. Fit the steerer on this model and save it again.")
+
+
+def _positive_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x > 0
+
+
+def klass_from_meta(cls: type[Steerer], meta: dict[str, Any], path: object) -> Steerer:
+    """The unfitted-then-described steerer that ``steerer.json`` names, its settings and model
+    record checked (no tensors yet); every problem a :class:`PersistenceError` naming ``path``."""
+    if meta.get("library") != "steerlib" or "method" not in meta:
+        raise PersistenceError(f"{path} was not written by steerlib's save_pretrained (no library/method "
+                               "in steerer.json); save the steerer with save_pretrained.")
+    fmt = meta.get("format_version", 0)
+    if isinstance(fmt, bool) or not isinstance(fmt, int):
+        raise PersistenceError(f"{path}: steerer.json has an invalid format_version {fmt!r}; the folder is "
+                               "corrupt, save the steerer again.")
+    if fmt > FORMAT_VERSION:
+        raise CompatibilityError(
+            f"{path} was saved by steerlib {meta.get('library_version')} (format {fmt}); "
+            f"this version reads format <= {FORMAT_VERSION}. Upgrade steerlib."
+        )
+    klass = Steerer._registry.get(meta["method"]) if isinstance(meta["method"], str) else None
+    if klass is None:
+        raise PersistenceError(f"{path} holds an unknown steering method {meta['method']!r}; known methods: "
+                               f"{', '.join(sorted(Steerer._registry))}. Upgrade steerlib or check the folder.")
+    if cls is not Steerer and not issubclass(klass, cls):
+        raise PersistenceError(f"{path} holds a {klass.__name__}, not a {cls.__name__}; load it with "
+                               f"{klass.__name__}.from_pretrained or Steerer.from_pretrained.")
+    try:
+        if not isinstance(meta["params"], dict) or not isinstance(meta["model"], dict):
+            raise TypeError("'params' and 'model' must be JSON objects")
+        info = meta["model"]
+        if not _positive_int(info.get("hidden_size")) or not (info.get("num_layers") is None
+                                                               or _positive_int(info.get("num_layers"))):
+            raise ValueError(f"the model record's hidden_size {info.get('hidden_size')!r} and num_layers "
+                             f"{info.get('num_layers')!r} must be positive integers")
+        obj = klass(**meta["params"])
+        obj.model_info_ = info
+        obj.n_items_ = meta["n_items"]
+        obj.items_hash_ = meta["items_sha256"]
+        if not isinstance(obj.n_items_, int) or isinstance(obj.n_items_, bool) or obj.n_items_ < 0 \
+                or not isinstance(obj.items_hash_, str):
+            raise ValueError("n_items must be a non-negative integer and items_sha256 a string")
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        if isinstance(e, SteerlibError):
+            raise PersistenceError(f"{path}: steerer.json holds invalid settings ({e}); the folder is corrupt, "
+                                   "save the steerer again.") from e
+        raise PersistenceError(
+            f"{path} is corrupt: its steerer.json does not describe a {klass.__name__} "
+            f"({type(e).__name__}: {e}). Save the steerer again with save_pretrained."
+        ) from e
+    try:
+        obj._check_settings()
+        check_layers(obj.layer, info["num_layers"] if info.get("num_layers") else 2**31)
+    except SteerlibError as e:
+        raise PersistenceError(f"{path}: steerer.json holds invalid settings ({e}); the folder is corrupt, "
+                               "save the steerer again.") from e
+    return obj
+
+
+def _hub_root(path: Path) -> Path:
+    """Where a saved folder's symlinks may point: the folder itself, or, for a Hugging Face cache
+    snapshot (``models--owner--name/snapshots/<commit>``, whose files link to ``../../blobs``), the
+    repo's cache folder."""
+    real = Path(os.path.realpath(path))
+    if real.parent.name == "snapshots" and real.parent.parent.name.startswith("models--"):
+        return real.parent.parent
+    return real
 
 
 def resolve_steerer_path(path: str | os.PathLike[str], revision: str | None = None) -> Path:

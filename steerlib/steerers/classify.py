@@ -65,6 +65,17 @@ class ClassifySteer(P2SBased):
     def input_read(self) -> tuple[int, SourcePosition] | None:
         return self.source_layer, self.input_position
 
+    def expected_tensors(self, hidden_size: int, num_layers: int | None) -> dict[str, tuple[int | None, ...] | None]:
+        return {"weight_": (None, hidden_size), "bias_": (None,), "means_": (None, hidden_size)}
+
+    def _check_settings(self) -> None:
+        super()._check_settings()
+        from .params import check_choice, check_int, check_real
+
+        check_choice(self, "classifier", ("logistic", "centroid"))
+        check_real(self, "C", minimum=0.0, open_min=True)
+        check_int(self, "max_iter", minimum=1)
+
     def _check_params(self, model: SteerableModel) -> None:
         super()._check_params(model)
         check_layers(self.source_layer, model.num_layers)

@@ -136,6 +136,18 @@ class Composite(Steerer):
             out.append(klass(**kw))
         return out
 
+    def _check_settings(self) -> None:
+        super()._check_settings()
+        self._check_spec()
+        for s in self._build():
+            s._check_settings()
+
+    def expected_tensors(self, hidden_size: int, num_layers: int | None) -> dict[str, tuple[int | None, ...] | None]:
+        out: dict[str, tuple[int | None, ...] | None] = {}
+        for k, s in enumerate(self._build()):
+            out.update({f"c{k}.{n}": shape for n, shape in s.expected_tensors(hidden_size, num_layers).items()})
+        return out
+
     def _check_params(self, model: SteerableModel) -> None:
         super()._check_params(model)
         self._check_spec()

@@ -96,6 +96,15 @@ class ConditionalSteer(P2SBased):
         return [self.layer] if self.condition_layers is None else list(check_layers(list(self.condition_layers),
                                                                                      num_layers))
 
+    def expected_tensors(self, hidden_size: int, num_layers: int | None) -> dict[str, tuple[int | None, ...] | None]:
+        return {"vector_": (hidden_size,), "condition_vectors_": (None, hidden_size)}
+
+    def _check_settings(self) -> None:
+        super()._check_settings()
+        from .params import check_choice
+
+        check_choice(self, "rule", ("any", "all"))
+
     def _check_params(self, model: SteerableModel) -> None:
         super()._check_params(model)
         self._candidates(model.num_layers)

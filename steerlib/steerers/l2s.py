@@ -22,12 +22,13 @@ from typing_extensions import Unpack
 from ..batching import length_batches
 from ..data.items import ContrastiveItem, check_items
 from ..engine import Batch, SteerableModel
-from ..errors import DataError, MissingDependencyError, ShapeMismatchError
-from ..intervention import Intervention, check_layers
+from ..errors import DataError, MissingDependencyError, NonFiniteError, PersistenceError, ShapeMismatchError
+from ..intervention import Intervention, check_layers, check_scaled_finite
 from .base import Inputs, as_items
 from ..positions import SOURCE_POSITIONS, SourcePosition, Where
 from ..progress import tqdm
 from .p2s import P2SBased, P2SParams
+from .params import check_bool, check_int, check_real
 
 Init = Literal["svd", "dict", "random"]
 INITS: tuple[str, ...] = ("svd", "dict", "random")
@@ -178,10 +179,29 @@ class L2S(P2SBased):
     def _check_params(self, model: SteerableModel) -> None:
         super()._check_params(model)
         check_layers(self.source_layer, model.num_layers)
+
+    def _check_settings(self) -> None:
+        super()._check_settings()
         self._check_own()
+
+    def expected_tensors(self, hidden_size: int, num_layers: int | None) -> dict[str, tuple[int | None, ...] | None]:
+        k = self.hidden
+        return {"encoder_weight_": (k, hidden_size), "encoder_bias_": (k,), "decoder_weight_": (hidden_size, k)}
 
     def _check_own(self) -> None:
         """The checks of g's own hyperparameters (no model needed)."""
+        check_int(self, "hidden", minimum=1)
+        check_int(self, "epochs", minimum=1)
+        check_real(self, "lr", minimum=0.0, open_min=True)
+        check_int(self, "train_batch_size", minimum=1)
+        check_real(self, "l1_weight", minimum=0.0)
+        check_real(self, "cos_weight", minimum=0.0)
+        check_int(self, "cos_warmup_epochs", minimum=0)
+        check_real(self, "val_cos_weight", minimum=0.0)
+        check_bool(self, "class_balance")
+        check_real(self, "val_fraction", minimum=0.0, maximum=1.0, open_max=True)
+        check_bool(self, "keep_best")
+        check_int(self, "warmup_epochs", minimum=0)
         if self.input_position not in SOURCE_POSITIONS:
             raise DataError(f"input_position must be one of {SOURCE_POSITIONS}, got {self.input_position!r}.")
         if self.init not in INITS:
@@ -336,7 +356,24 @@ class L2S(P2SBased):
             gate_norm = self.gate_norm_
             if gate_norm > 0:
                 out = out * (out.norm(dim=-1, keepdim=True) >= gate_norm)
-            return out.to(h.dtype)
+            out = out.to(h.dtype)
+        if not bool(torch.isfinite(out).all()):
+            raise NonFiniteError(
+                f"L2S's g predicted a vector with NaN or infinite values (in {h.dtype}) for "
+                f"{int((~torch.isfinite(out)).any(-1).sum())} of {out.shape[0]} inputs; its weights or these inputs' "
+                "hidden states are broken. Fit the steerer again (or check the model's dtype).")
+        return out
+
+    def _checked_predictor(self, alpha: float) -> Any:
+        """g for the engine: :meth:`predict`, then ``alpha`` times each prediction's norm must be
+        finite in the hidden states' dtype (what the model adds it in)."""
+
+        def predictor(h: Tensor) -> Tensor:
+            out = self.predict(h)
+            check_scaled_finite(out, alpha, h.dtype, "L2S's predicted vector")
+            return out
+
+        return predictor
 
     def inputs(self, model: SteerableModel, items: Inputs, batch_size: int = 32) -> Float[Tensor, "batch d_model"]:
         """The states g reads (``input_layer`` at ``input_position``), from prompt-only passes that stop
@@ -372,7 +409,7 @@ class L2S(P2SBased):
             raise DataError("L2S predicts its vectors inside the generation pass; do not pass vectors= "
                             "(vectors_depend_on_alpha is True for L2S, so a runner never reuses them).")
         a, pos = self._resolve(alpha, positions)
-        return Intervention.build(self.layer, predictor=self.predict, source_layer=self.source_layer,
+        return Intervention.build(self.layer, predictor=self._checked_predictor(a), source_layer=self.source_layer,
                                   source_position=self.input_position, alpha=a, positions=pos)
 
     # ------------------------------------------------------------------ persistence -
@@ -401,6 +438,12 @@ class L2S(P2SBased):
         self.net_ = net.eval().requires_grad_(False)
         self.gate_norm_ = float(state.get("gate_norm", 0.0))
         self.gate_ = float(state.get("gate", self.gate if self.gate != "cv" else 0.0))
+        for name in ("gate_norm_", "gate_"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0 or (name == "gate_" and v >= 1):
+                raise PersistenceError(f"The saved {name.rstrip('_')} is {v!r}; it must be a finite number >= 0"
+                                       + (" and < 1" if name == "gate_" else "") + " (a corrupt folder: an infinite "
+                                       "gate never steers). Save the steerer again.")
         self.gate_cv_ = list(state.get("gate_cv", []))
         self.history_ = state.get("history", [])
         self.train_seconds_ = state.get("train_seconds")

@@ -34,6 +34,9 @@ class MeanSteer(P2SBased):
         super().__init__(layer, **shared)
         self.behaviors = behaviors
 
+    def expected_tensors(self, hidden_size: int, num_layers: int | None) -> dict[str, tuple[int | None, ...] | None]:
+        return {"vector_": (hidden_size,)}
+
     def _learn(self, items: list[ContrastiveItem], z: Tensor, h: Tensor | None) -> None:
         keep = [i for i, it in enumerate(items) if self.behaviors is None or it.behavior in self.behaviors]
         if not keep:

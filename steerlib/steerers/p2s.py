@@ -15,6 +15,7 @@ from ..errors import DataError, ShapeMismatchError
 from ..positions import P2SReduction, SourcePosition, Where
 from .base import Inputs, Steerer, as_items
 from .extract import P2SExtraction, check_reduction, equalize_norms, extract_p2s
+from .params import check_bool, check_int, check_optional_str
 
 
 class P2SParams(TypedDict, total=False):
@@ -65,14 +66,14 @@ class P2SBased(Steerer):
         """The input state this method learns from besides the targets: ``(layer, position)`` (L2S), or None."""
         return None
 
-    def _check_params(self, model: SteerableModel) -> None:
-        super()._check_params(model)
+    def _check_settings(self) -> None:
+        super()._check_settings()
         check_reduction(self.reduction)
-        for name in ("continuation_tokens", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "continuation_tokens" else 1):
-                raise DataError(f"{name} must be a {'non-negative' if name == 'continuation_tokens' else 'positive'} "
-                                f"int, got {v!r}.")
+        check_int(self, "continuation_tokens", minimum=0)
+        check_int(self, "batch_size", minimum=1)
+        check_int(self, "seed", minimum=0)
+        check_optional_str(self, "equalize_norms_to")
+        check_bool(self, "progress")
 
     def _p2s(self, model: SteerableModel, items: Sequence[ContrastiveItem], input_layer: int | None = None,
              input_position: SourcePosition = "last_prompt") -> tuple[Tensor, Tensor | None]:

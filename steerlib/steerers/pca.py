@@ -81,6 +81,15 @@ class _PCASteer(P2SBased):
         # several layers: its own extraction (the shared one gives a steerer its one layer)
         return super().extraction if self.layers is None else None
 
+    def expected_tensors(self, hidden_size: int, num_layers: int | None) -> dict[str, tuple[int | None, ...] | None]:
+        return {"vectors_": (None, hidden_size)}
+
+    def _check_settings(self) -> None:
+        super()._check_settings()
+        from .params import check_choice
+
+        check_choice(self, "scale", ("projection", "unit"))
+
     def _check_params(self, model: SteerableModel) -> None:
         super()._check_params(model)
         if self.layers is not None:

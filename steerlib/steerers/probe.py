@@ -83,6 +83,9 @@ class _ProbeSteer(P2SBased):
     def extraction(self) -> P2SExtraction | None:
         return None  # it reads positive and negative states separately: its own passes
 
+    def expected_tensors(self, hidden_size: int, num_layers: int | None) -> dict[str, tuple[int | None, ...] | None]:
+        return {"vector_": (hidden_size,)}
+
     def _check_params(self, model: SteerableModel) -> None:
         super()._check_params(model)
         if check_reduction(self.reduction) == "sampled_mean":

@@ -63,9 +63,20 @@ class StaticVectors(Steerer):
         return out
 
     def _check_params(self, model: SteerableModel) -> None:
+        self._check_settings()
         check_layers(self.layer_list, model.num_layers)
         as_positions(self.positions)
         check_finite(self.alpha, "alpha")
+
+    def _check_settings(self) -> None:
+        self.layer_list  # noqa: B018 - validates layers
+        check_finite(self.alpha, "alpha")
+        as_positions(self.positions)
+        if not isinstance(self.model_hint, str):
+            raise DataError(f"StaticVectors: model_hint must be a string, got {self.model_hint!r}.")
+
+    def expected_tensors(self, hidden_size: int, num_layers: int | None) -> dict[str, tuple[int | None, ...] | None]:
+        return {"vectors_": (len(self.layer_list), hidden_size)}
 
     @classmethod
     def from_vectors(cls, model: SteerableModel, vectors: Mapping[int, Float[Tensor, " d_model"] | np.ndarray], *,

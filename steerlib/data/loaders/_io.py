@@ -5,22 +5,81 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import stat
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
-from ...errors import DataFileError
+from ...errors import DataFileError, OutsideFolderError
 
 __all__ = ["require_file", "require_dir", "read_text_lines", "iter_json_records", "read_json",
-           "iter_csv_rows", "require_keys", "check_image"]
+           "iter_csv_rows", "require_keys", "check_image", "confined", "check_unique"]
+
+
+def _special(p: Path) -> str | None:
+    """What ``p`` is when it exists but is not a regular file or folder (a FIFO, a device, ...)."""
+    try:
+        mode = os.stat(p).st_mode
+    except (OSError, ValueError):
+        return None
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return None
 
 
 def require_file(path: str | Path, what: str) -> Path:
-    """The path, or a DataFileError saying which file is missing."""
+    """The path, or a DataFileError saying which file is missing (or that it is a special file)."""
     p = Path(path)
+    if "\x00" in str(p):
+        raise DataFileError(f"{what} path {str(p)!r} contains a NUL byte; remove it.")
+    kind = _special(p)
+    if kind is not None:
+        raise DataFileError(f"{what} {p} is {kind}, not a regular file; give the data file itself.")
     if not p.is_file():
         raise DataFileError(f"{what} not found: {p}. Check the path (and that the dataset is downloaded there).")
     return p
+
+
+def confined(base: Path, name: str, data_file: Path | str, line: int | str, what: str = "image") -> Path:
+    """``base / name`` for a file reference ``name`` read from ``data_file``, refused
+    (:class:`~steerlib.errors.OutsideFolderError`) unless it stays inside ``base``: no absolute path,
+    no ``..`` leaving it, no symlink (of the file or of a folder on the way) pointing outside.
+
+    The reference need not exist (images are opened later); when it does, its real path is checked."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise DataFileError(f"{data_file}:{line}: {what} reference {name!r} is not a usable file name.")
+    where = f"{data_file}:{line}"
+    fix = f"File references must be relative paths inside {base}; copy the file there and name it relative to it."
+    if PurePath(name).is_absolute() or name.startswith("~") or "\\" in name:
+        raise OutsideFolderError(f"{where}: {what} {name!r} is an absolute path (or not a plain relative path), "
+                                 f"outside the folder {base}; steerlib refuses to read it. {fix}")
+    full = base / name
+    lexical = os.path.normpath(os.path.join(os.path.abspath(base), name))
+    root = os.path.normpath(os.path.abspath(base))
+    if not _inside(lexical, root):
+        raise OutsideFolderError(f"{where}: {what} {name!r} leaves the folder {base} (through '..'); steerlib "
+                                 f"refuses to read it. {fix}")
+    real_root = os.path.realpath(base)
+    if os.path.lexists(full) and not _inside(os.path.realpath(full), real_root):
+        raise OutsideFolderError(f"{where}: {what} {name!r} is (or goes through) a symlink to "
+                                 f"{os.path.realpath(full)}, outside the folder {base}; steerlib refuses to read it. "
+                                 f"{fix}")
+    return full
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def check_unique(seen: dict[str, int | str], key: str, path: Path, line: int | str, what: str) -> None:
+    """Record ``key`` (an item id); a second occurrence is a DataFileError naming both lines."""
+    if key in seen:
+        raise DataFileError(f"{path}:{line}: duplicate {what} {key!r} (first at {seen[key]}); ids must be unique, "
+                            "or one item would silently replace the other. Remove or renumber the duplicate.")
+    seen[key] = line
 
 
 def require_dir(path: str | Path, what: str) -> Path:
@@ -31,6 +90,9 @@ def require_dir(path: str | Path, what: str) -> Path:
 
 
 def _read_text(path: Path) -> str:
+    kind = _special(path)
+    if kind is not None:
+        raise DataFileError(f"{path} is {kind}, not a regular file; give the data file itself.")
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -79,7 +141,11 @@ def _loads(text: str, path: Path, lineno: int | None) -> Any:
     fix = ("Each line must be one JSON object; fix or remove that line." if lineno is not None
            else "Fix or re-download the file.")
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_pairs)
+    except _DuplicateKey as e:
+        where = f"{path}:{lineno}" if lineno is not None else str(path)
+        raise DataFileError(f"{where}: a JSON object has the key {e.args[0]!r} twice; the last one would silently "
+                            "win. Remove the duplicate (ids and fields must be unique).") from e
     except json.JSONDecodeError as e:
         line = lineno if lineno is not None else e.lineno
         raise DataFileError(f"{path}:{line}: {what} ({e.msg}). {fix}") from e
@@ -97,6 +163,19 @@ def _loads(text: str, path: Path, lineno: int | None) -> Any:
         where = f"{path}:{lineno}" if lineno is not None else str(path)
         raise DataFileError(f"{where}: {what} ({e}). {fix}") from e
     return data
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
 
 
 def read_json(path: Path) -> Any:

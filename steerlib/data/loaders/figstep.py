@@ -10,7 +10,7 @@ from typing import Literal
 from ...errors import DataError, DataFileError
 from ..items import ContrastiveItem
 from ..templates import BehaviorTemplate, ExpertWording, apply_template, mmsb_templates
-from ._io import check_image, iter_csv_rows, require_dir, require_file
+from ._io import check_image, check_unique, confined, iter_csv_rows, require_dir, require_file
 
 __all__ = ["FIGSTEP_PROMPT", "FIGSTEP_CATEGORY_BEHAVIOR", "load_figstep"]
 
@@ -71,6 +71,7 @@ def load_figstep(
     tmpl = dict(templates) if templates is not None else dict(mmsb_templates(wording))
 
     items: list[ContrastiveItem] = []
+    seen: dict[str, int | str] = {}
     for line, row in iter_csv_rows(path, _COLUMNS):
         try:
             cat, task = int(row["category_id"]), int(row["task_id"])
@@ -88,9 +89,10 @@ def load_figstep(
         if template is None:
             raise DataError(f"templates has no entry for behaviour {behavior!r} (needed by {path}:{line}).")
         dataset = row["dataset"].strip()
+        check_unique(seen, f"figstep-{dataset}-{cat}-{task}", path, line, "row (dataset, category_id, task_id)")
         images: tuple[Path, ...] = ()
         if with_images:
-            img = img_dir / f"query_{dataset}_{cat}_{task}_6.png"
+            img = confined(img_dir, f"query_{dataset}_{cat}_{task}_6.png", path, line, "image")
             if check_images:
                 check_image(img, path, line)
             images = (img,)

@@ -20,7 +20,7 @@ from ..templates import (
     apply_template,
     mmsb_templates,
 )
-from ._io import check_image, read_json, require_dir, require_keys
+from ._io import check_image, confined, read_json, require_dir, require_keys
 
 __all__ = ["load_mmsafetybench", "mmsb_split_indices", "MMSB_QUESTION_KEYS"]
 
@@ -105,7 +105,7 @@ def load_mmsafetybench(
 
     rows: list[tuple[str, str, dict, Path]] = []
     for scen in names:
-        qfile = base / "processed_questions" / f"{scen}.json"
+        qfile = confined(base, f"processed_questions/{scen}.json", base, "-", "question file")
         if not qfile.is_file():
             raise DataFileError(
                 f"MM-SafetyBench question file not found: {qfile}. Check the download"
@@ -137,7 +137,7 @@ def load_mmsafetybench(
         if template is None:
             raise DataError(f"templates has no entry for behaviour {behavior!r}; give one for each of "
                             f"{sorted(set(MMSB_SCENARIO_BEHAVIOR.values()))}.")
-        img = base / "imgs" / scen / image_type / f"{qid}.jpg"
+        img = confined(base / "imgs", f"{scen}/{image_type}/{qid}.jpg", qfile, f"question {qid}", "image")
         if check_images:
             check_image(img, qfile, f"question {qid}")
         items.append(apply_template(

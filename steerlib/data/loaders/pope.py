@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from collections import Counter
@@ -11,7 +12,15 @@ from typing import Literal
 from ...errors import DataError, DataFileError
 from ..items import ContrastiveItem
 from ..templates import apply_template, pope_template
-from ._io import check_image, iter_json_records, read_text_lines, require_dir, require_file, require_keys
+from ._io import (
+    check_image,
+    confined,
+    iter_json_records,
+    read_text_lines,
+    require_dir,
+    require_file,
+    require_keys,
+)
 
 PopeSplit = Literal["random", "popular", "adversarial"]
 POPE_SPLITS: tuple[str, ...] = ("random", "popular", "adversarial")
@@ -39,6 +48,8 @@ def _pope_file(questions: Path, split: str | None) -> tuple[Path, str | None]:
             )
         _check_split(split)
         cand = questions / f"coco_pope_{split}.json"
+        if os.path.lexists(cand):
+            cand = confined(questions, cand.name, questions, "-", "question file")
         if not cand.is_file():
             found = sorted(questions.glob(f"*_pope_{split}.json*"))
             if len(found) != 1:
@@ -95,7 +106,7 @@ def load_pope(
         if str(qid) in seen:
             raise DataFileError(f"{path}:{line}: duplicate question_id {qid!r}; question ids must be unique.")
         seen.add(str(qid))
-        img_path = img_dir / image
+        img_path = confined(img_dir, image, path, line, "image")
         if check_images:
             check_image(img_path, path, line)
         prompt = text.split(_PAPER_STRIP)[0].strip()
@@ -203,7 +214,8 @@ def build_pope_from_yolo(
         raise DataFileError(f"No images (*.jpg, *.png) in {img_dir}.")
     present: list[tuple[Path, list[int]]] = []
     for img in images:
-        lab = lab_dir / f"{img.stem}.txt"
+        confined(img_dir, img.name, img_dir, "-", "image")
+        lab = confined(lab_dir, f"{img.stem}.txt", lab_dir, "-", "label file")
         present.append((img, read_yolo_labels(lab, len(names)) if lab.is_file() else []))
 
     freq: Counter[int] = Counter()

@@ -9,7 +9,16 @@ from pathlib import Path
 from ...errors import DataError, DataFileError
 from ..items import ContrastiveItem
 from ..templates import TEXT_BENIGN, TEXT_HARMFUL, TEXT_SAFETY_TEMPLATES, BehaviorTemplate, apply_template
-from ._io import iter_csv_rows, iter_json_records, read_text_lines, require_dir, require_file, require_keys
+from ._io import (
+    check_unique,
+    confined,
+    iter_csv_rows,
+    iter_json_records,
+    read_text_lines,
+    require_dir,
+    require_file,
+    require_keys,
+)
 
 __all__ = [
     "ADVICE_INTENT_PREFIX",
@@ -31,10 +40,13 @@ def load_harmbench(path: str | Path, template: BehaviorTemplate = TEXT_HARMFUL) 
     p = require_file(path, "HarmBench behaviour file")
     items: list[ContrastiveItem] = []
     if p.suffix.lower() == ".csv":
+        seen: dict[str, int | str] = {}
         for line, row in iter_csv_rows(p, ("Behavior",)):
             text = row["Behavior"].strip()
             if not text:
                 raise DataFileError(f"{p}:{line}: empty 'Behavior' field.")
+            if row.get("BehaviorID", "").strip():
+                check_unique(seen, row["BehaviorID"].strip(), p, line, "BehaviorID")
             meta = {"dataset": "harmbench", "line": line, "source_file": str(p)}
             for k in ("FunctionalCategory", "SemanticCategory", "BehaviorID"):
                 if k in row:
@@ -74,8 +86,13 @@ def load_donotanswer(
             raise DataError(f"templates needs a {beh!r} entry for Do-Not-Answer.")
     items: list[ContrastiveItem] = []
     for f in files:
+        if p.is_dir():
+            confined(p, f.name, p, "-", "Do-Not-Answer file")
+        seen: dict[str, int | str] = {}
         for line, rec in iter_json_records(f):
             require_keys(rec, ("prompt", "intents"), f, line)
+            if rec.get("id") is not None:
+                check_unique(seen, str(rec["id"]), f, line, "id")
             text, intents = rec["prompt"], rec["intents"]
             if not isinstance(text, str) or not text.strip():
                 raise DataFileError(f"{f}:{line}: 'prompt' must be a non-empty string.")
@@ -103,6 +120,7 @@ def load_benign_seed_tasks(
     """
     p = require_file(path, "Benign seed-task file")
     items: list[ContrastiveItem] = []
+    seen: dict[str, int | str] = {}
     for line, rec in iter_json_records(p):
         require_keys(rec, ("instruction", "instances"), p, line)
         instr, inst = rec["instruction"], rec["instances"]
@@ -119,6 +137,7 @@ def load_benign_seed_tasks(
                 raise DataFileError(f"{p}:{line}: instance 'input' must be a string.")
         prompt = instr.strip() + (separator + inp.strip() if inp.strip() else "")
         tid = rec.get("id", f"line{line}")
+        check_unique(seen, f"benign-{tid}", p, line, "task id")
         items.append(apply_template(
             prompt, template, id=f"benign-{tid}",
             meta={"dataset": "self-instruct-seed", "task_id": tid, "name": rec.get("name"),
@@ -159,18 +178,21 @@ def text_safety_items(
             raise DataError(f"templates needs a {beh!r} entry (harmful, advice, benign).")
 
     def dna(name: str) -> list[ContrastiveItem]:
-        return load_donotanswer(root / "donotanswer" / f"{name}.jsonl", templates=templates)
+        return load_donotanswer(confined(root, f"donotanswer/{name}.jsonl", root, "-", "Do-Not-Answer file"),
+                                templates=templates)
 
     pools: list[ContrastiveItem] = []
     for src in harmful_sources:
         if src == "harmbench":
-            pools += load_harmbench(root / "harmbench_standard.txt", templates["harmful"])
+            pools += load_harmbench(confined(root, "harmbench_standard.txt", root, "-", "HarmBench file"),
+                                    templates["harmful"])
         else:
             pools += [it for it in dna(src) if it.behavior == "harmful"]
     for src in advice_sources:
         pools += [it for it in dna(src) if it.behavior == "advice"]
     if benign:
-        pools += load_benign_seed_tasks(root / "benign_seed_tasks.jsonl", templates["benign"])
+        pools += load_benign_seed_tasks(confined(root, "benign_seed_tasks.jsonl", root, "-", "seed-task file"),
+                                        templates["benign"])
 
     seen: set[str] = set()
     out: list[ContrastiveItem] = []
