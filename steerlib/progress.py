@@ -21,10 +21,9 @@ def bars_disabled() -> bool:
     return os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
-class tqdm(_tqdm):  # noqa: N801 - a drop-in for tqdm.auto.tqdm
-    """``tqdm.auto.tqdm``, disabled when :func:`bars_disabled`."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        if bars_disabled():
-            kwargs["disable"] = True
-        super().__init__(*args, **kwargs)
+def tqdm(*args: Any, **kwargs: Any) -> _tqdm:  # noqa: N802 - a drop-in for tqdm.auto.tqdm
+    """``tqdm.auto.tqdm(...)``, disabled when :func:`bars_disabled`. A function, not a subclass: a
+    subclass defined here would travel by value (with tqdm's write lock) inside remote requests."""
+    if bars_disabled():
+        kwargs["disable"] = True
+    return _tqdm(*args, **kwargs)

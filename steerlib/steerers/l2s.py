@@ -364,16 +364,10 @@ class L2S(P2SBased):
                 "hidden states are broken. Fit the steerer again (or check the model's dtype).")
         return out
 
-    def _checked_predictor(self, alpha: float) -> Any:
+    def _checked_predictor(self, alpha: float) -> "CheckedPredictor":
         """g for the engine: :meth:`predict`, then ``alpha`` times each prediction's norm must be
         finite in the hidden states' dtype (what the model adds it in)."""
-
-        def predictor(h: Tensor) -> Tensor:
-            out = self.predict(h)
-            check_scaled_finite(out, alpha, h.dtype, "L2S's predicted vector")
-            return out
-
-        return predictor
+        return CheckedPredictor(self, alpha)
 
     def inputs(self, model: SteerableModel, items: Inputs, batch_size: int = 32) -> Float[Tensor, "batch d_model"]:
         """The states g reads (``input_layer`` at ``input_position``), from prompt-only passes that stop
@@ -481,3 +475,17 @@ def _scheduler(opt: torch.optim.Optimizer, kind: str, warmup: int, total: int) -
         return 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+
+class CheckedPredictor:
+    """An L2S's g as the engine calls it: the prediction, refused when ``alpha`` times its norm is not
+    finite in the hidden states' dtype. A plain object (not a closure), so that it travels by value
+    in a remote request like the bound method it wraps."""
+
+    def __init__(self, steerer: L2S, alpha: float) -> None:
+        self.steerer, self.alpha = steerer, alpha
+
+    def __call__(self, h: Tensor) -> Tensor:
+        out = self.steerer.predict(h)
+        check_scaled_finite(out, self.alpha, h.dtype, "L2S's predicted vector")
+        return out
