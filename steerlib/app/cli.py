@@ -27,6 +27,7 @@ EXAMPLES = {
     "demo": "steerlib demo            # SmolLM2-135M-Instruct, offline, about 10 CPU-minutes",
     "weights": "steerlib weights smollm2   # build the cached safetensors copy once (make install runs it)",
     "export": "steerlib export --steerer runs/mean-L15 --out mean.gguf",
+    "view": "steerlib view runs/compare      # writes runs/compare/view.html: one static page, open it in a browser",
 }
 
 
@@ -131,6 +132,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--alpha", type=float, default=None, help="bake this strength into the vectors")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     e.set_defaults(func=_export)
+
+    from .view import add_arguments as view_args  # stdlib only at import time
+
+    v = add("view", "Write one static HTML page (no server) over a compare or demo run: table and generations.")
+    view_args(v)
+    v.set_defaults(func=_view)
     return p
 
 
@@ -249,6 +256,12 @@ def _export(args: argparse.Namespace) -> int:
     path = export_gguf(steerer, args.out, model_hint=hint, alpha=args.alpha, overwrite=args.overwrite)
     print(f"wrote {path}")
     return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    from .view import run_from_args
+
+    return run_from_args(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
