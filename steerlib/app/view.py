@@ -188,7 +188,7 @@ table.metrics td:first-child,table.metrics th:first-child{text-align:left}
 table.grid{table-layout:fixed;width:100%}
 table.grid th,table.grid td{border:1px solid var(--line);padding:6px;vertical-align:top;text-align:left;
  overflow-wrap:anywhere;white-space:pre-wrap}
-table.grid th{background:#f6f8fa;position:sticky;top:48px}
+table.grid th{background:#f6f8fa}
 td.prompt{font-weight:500;background:#fbfbfc}
 ins{background:var(--ins);text-decoration:none}
 del{background:var(--del);color:#6e2b2b}
@@ -277,7 +277,7 @@ def _run_html(run: RunView, k: int) -> str:
         '<label>prompt contains <input type="search" data-filter="text" size="18"></label>'
         '<span class="count muted"></span></div>')
     width = max(10, 90 // max(1, len(run.columns)))
-    parts.append('<div class="wrap"><table class="grid"><colgroup><col style="width:' + str(100 - width * len(run.columns))
+    parts.append('<table class="grid"><colgroup><col style="width:' + str(100 - width * len(run.columns))
                  + '%">' + "".join(f'<col style="width:{width}%">' for _ in run.columns) + "</colgroup><thead><tr>"
                  "<th>prompt</th>" + "".join(f"<th>{_e(c)}</th>" for c in run.columns) + "</tr></thead><tbody>")
     for p in run.prompts:
@@ -303,7 +303,7 @@ def _run_html(run: RunView, k: int) -> str:
                          f'data-refused="{int(c.refused)}" data-changed="{changed}">{"".join(badges)}'
                          f'<div class="text">{c.diff_html}</div></td>')
         parts.append("</tr>")
-    parts.append("</tbody></table></div></section>")
+    parts.append("</tbody></table></section>")
     return "".join(parts)
 
 
