@@ -9,6 +9,8 @@
    ``steerlib.zoo``), with and without ``--control-vector``, on the same chat-rendered prompts
    (the prompt tokens are checked equal to steerlib's), and steerlib greedily on its weights (that
    same GGUF de-quantized to float32), steered (``positions="all"``, as llama.cpp steers) and not.
+   It also runs llama.cpp on an F32 GGUF of steerlib's own weights (converted from steerlib.zoo's cache
+   with the vendored ``convert_hf_to_gguf.py``), which takes the weight quantization out of the comparison.
 4. Prints, per prompt and in total, how many generated tokens agree (common prefix until the
    first difference, tokens compared with the model's tokenizer) and writes ``result.json``.
 
@@ -134,10 +136,83 @@ def logit_margin(hf_model, ids: list[int], mine: int, theirs: int, direction, la
     return float(logits[mine] - logits[theirs]), int(logits.argmax()) == mine
 
 
+def f32_gguf(out: Path, src: Path) -> Path:
+    """An F32 GGUF of steerlib's own SmolLM2 weights (the Q4_1 GGUF de-quantized, as steerlib.zoo caches them),
+    written by the vendored ``convert_hf_to_gguf.py`` (needs ``pip install sentencepiece``)."""
+    from steerlib.zoo.weights import SMOLLM2, cache_folder
+
+    target = out / "smollm2-135m-instruct-f32.gguf"
+    if target.is_file():
+        return target
+    env = {**os.environ, "PYTHONPATH": str(src / "gguf-py")}
+    subprocess.run([sys.executable, str(src / "convert_hf_to_gguf.py"), str(cache_folder(SMOLLM2.name)),
+                    "--outtype", "f32", "--outfile", str(target)], check=True, env=env)
+    return target
+
+
+def compare_variant(exe: Path, gguf: Path, model, prompts: list[str], unsteered: tuple, steered: tuple,
+                    control: Path, direction, args: argparse.Namespace) -> dict:
+    """llama.cpp on ``gguf`` (with and without the control vector) against steerlib's outputs."""
+    tok = model.tokenizer
+    n = args.max_new_tokens
+    eos = {tok.eos_token_id, tok.pad_token_id} - {None}
+    rows = []
+    for i, prompt in enumerate(prompts):
+        batch = model.encode([prompt])
+        rendered = tok.decode(batch.inputs["input_ids"][0].tolist())
+        want_ids = batch.inputs["input_ids"][0].tolist()
+        rec: dict = {"prompt": prompt}
+        for kind, ctl, text, ids in (("unsteered", None, unsteered[0][i], unsteered[1][i]),
+                                     ("steered", control, steered[0][i], steered[1][i])):
+            ids = [t for t in ids if t not in eos]
+            lc_text, lc_prompt_ids = llamacpp_generate(exe, gguf, rendered, n, ctl, args.threads)
+            lc_ids = tok(lc_text, add_special_tokens=False)["input_ids"][:n]
+            k = agreement(ids, lc_ids)
+            rec[kind] = {"steerlib": text, "llama.cpp": lc_text, "steerlib_tokens": len(ids),
+                         "llamacpp_tokens": len(lc_ids), "agree_prefix": k, "identical": ids == lc_ids,
+                         "prompt_tokens_equal": lc_prompt_ids == want_ids if lc_prompt_ids else None}
+            if ids != lc_ids and k < n:  # where they part: how close the two choices are in float32
+                mine = ids[k] if k < len(ids) else tok.eos_token_id
+                theirs = lc_ids[k] if k < len(lc_ids) else tok.eos_token_id
+                margin, ref_ok = logit_margin(model.model, want_ids + ids[:k], mine, theirs,
+                                              direction if ctl is not None else None, args.layer)
+                rec[kind]["divergence"] = {"at": k, "steerlib": tok.decode([mine]), "llama.cpp": tok.decode([theirs]),
+                                           "float32_logit_margin": margin, "raw_hook_picks_steerlib_token": ref_ok}
+        rec["steering_changes_steerlib"] = rec["steered"]["steerlib"] != rec["unsteered"]["steerlib"]
+        rec["steering_changes_llamacpp"] = rec["steered"]["llama.cpp"] != rec["unsteered"]["llama.cpp"]
+        rows.append(rec)
+        print(f"## {prompt}")
+        for kind in ("unsteered", "steered"):
+            r = rec[kind]
+            print(f"  {kind:>9} steerlib : {' '.join(r['steerlib'].split())[:150]}")
+            print(f"  {kind:>9} llama.cpp: {' '.join(r['llama.cpp'].split())[:150]}")
+            print(f"  {kind:>9} agree {r['agree_prefix']}/{max(r['steerlib_tokens'], r['llamacpp_tokens'])} tokens"
+                  f"{' (identical)' if r['identical'] else ''}; prompt tokens equal: {r['prompt_tokens_equal']}")
+            if "divergence" in r:
+                d = r["divergence"]
+                print(f"  {kind:>9} part at token {d['at']}: steerlib {d['steerlib']!r} vs llama.cpp {d['llama.cpp']!r}, "
+                      f"float32 logit margin {d['float32_logit_margin']:.3f}; raw hook picks steerlib's token: "
+                      f"{d['raw_hook_picks_steerlib_token']}")
+    summary: dict = {}
+    for kind in ("unsteered", "steered"):
+        agree = sum(r[kind]["agree_prefix"] for r in rows)
+        total = sum(max(r[kind]["steerlib_tokens"], r[kind]["llamacpp_tokens"]) for r in rows)
+        margins = [abs(r[kind]["divergence"]["float32_logit_margin"]) for r in rows if "divergence" in r[kind]]
+        summary[kind] = {"identical": sum(r[kind]["identical"] for r in rows), "prompts": len(rows),
+                         "agree_tokens": agree, "tokens": total, "agreement": agree / total if total else None,
+                         "divergences": len(margins), "max_abs_logit_margin": max(margins, default=None)}
+    summary["raw_hook_agrees_with_steerlib"] = all(r[k]["divergence"]["raw_hook_picks_steerlib_token"]
+                                                   for r in rows for k in ("unsteered", "steered") if "divergence" in r[k])
+    summary["steering_changed"] = {"steerlib": sum(r["steering_changes_steerlib"] for r in rows),
+                                   "llama.cpp": sum(r["steering_changes_llamacpp"] for r in rows)}
+    return {"summary": summary, "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--build-root", default=os.path.expanduser("~/.cache/steerlib/llamacpp"))
     p.add_argument("--llama-completion", default=None, help="an existing llama-completion binary (skip the build)")
+    p.add_argument("--llamacpp-src", default=None, help="the llama.cpp source folder (default: the one under --build-root)")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--layer", type=int, default=15)
@@ -145,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=40, help="training items per behaviour for Mean-S")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--out", default="runs/gguf-check")
+    p.add_argument("--f32", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run llama.cpp on an F32 GGUF of steerlib's own (de-quantized) weights, converted with "
+                        "the vendored convert_hf_to_gguf.py (needs sentencepiece); --no-f32 skips it")
     args = p.parse_args(argv)
 
     exe = Path(args.llama_completion) if args.llama_completion else build_llamacpp(Path(args.build_root), args.jobs)
@@ -165,7 +243,6 @@ def main(argv: list[str] | None = None) -> int:
     control = out / f"mean-L{args.layer}.gguf"
     subprocess.run([sys.executable, "-m", "steerlib.app.cli", "export", "--steerer", str(steerer_dir), "--out",
                     str(control), "--overwrite"], check=True)
-    gguf = smollm2_gguf()
     from gguf import GGUFReader
 
     tensors = {t.name: t for t in GGUFReader(str(control)).tensors}
@@ -176,72 +253,33 @@ def main(argv: list[str] | None = None) -> int:
                                          progress=False)
     u_text, u_ids = NoSteer().fit(model, []).generate_tokens(model, PROMPTS, max_new_tokens=n, batch_size=1,
                                                              progress=False)
-    eos = {tok.eos_token_id, tok.pad_token_id} - {None}
-    rows = []
-    for i, prompt in enumerate(PROMPTS):
-        batch = model.encode([prompt])
-        rendered = tok.decode(batch.inputs["input_ids"][0].tolist())
-        want_ids = batch.inputs["input_ids"][0].tolist()
-        rec = {"prompt": prompt}
-        for kind, ctl, text, ids in (("unsteered", None, u_text[i], u_ids[i]), ("steered", control, s_text[i], s_ids[i])):
-            ids = [t for t in ids if t not in eos]
-            lc_text, lc_prompt_ids = llamacpp_generate(exe, gguf, rendered, n, ctl, args.threads)
-            lc_ids = tok(lc_text, add_special_tokens=False)["input_ids"][:n]
-            k = agreement(ids, lc_ids)
-            rec[kind] = {"steerlib": text, "llama.cpp": lc_text, "steerlib_tokens": len(ids),
-                         "llamacpp_tokens": len(lc_ids), "agree_prefix": k, "identical": ids == lc_ids,
-                         "prompt_tokens_equal": lc_prompt_ids == want_ids if lc_prompt_ids else None}
-            if ids != lc_ids and k < n:  # where they part: how close the two choices are in float32
-                eos_id = tok.eos_token_id
-                mine = ids[k] if k < len(ids) else eos_id
-                theirs = lc_ids[k] if k < len(lc_ids) else eos_id
-                margin, ref_ok = logit_margin(model.model, want_ids + ids[:k], mine, theirs,
-                                              direction if ctl is not None else None, args.layer)
-                rec[kind]["divergence"] = {"at": k, "steerlib": tok.decode([mine]), "llama.cpp": tok.decode([theirs]),
-                                           "float32_logit_margin": margin, "raw_hook_picks_steerlib_token": ref_ok}
-        rec["steering_changes_steerlib"] = rec["steered"]["steerlib"] != rec["unsteered"]["steerlib"]
-        rec["steering_changes_llamacpp"] = rec["steered"]["llama.cpp"] != rec["unsteered"]["llama.cpp"]
-        rows.append(rec)
-        print(f"## {prompt}")
+    variants = {"q4_1": smollm2_gguf()}
+    if args.f32:
+        src = Path(args.llamacpp_src) if args.llamacpp_src else next(
+            Path(args.build_root).glob("llama_cpp_python-*/vendor/llama.cpp"))
+        variants["f32"] = f32_gguf(out, src)
+    results = {}
+    for name, gguf in variants.items():
+        print(f"\n=== llama.cpp on {gguf.name} ===")
+        results[name] = compare_variant(exe, gguf, model, PROMPTS, (u_text, u_ids), (s_text, s_ids), control,
+                                        direction, args)
+    for name, res in results.items():
+        res.update({"layer": args.layer, "alpha": args.alpha, "max_new_tokens": n, "gguf": variants[name].name,
+                    "llama_completion": str(exe), "train_items": len(train)})
+    (out / "result.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    print("\n| llama.cpp weights | run | identical outputs | tokens agreeing (common prefix) | divergences: "
+          "largest float32 logit margin |\n|---|---|---:|---:|---:|")
+    for name, res in results.items():
+        sm = res["summary"]
         for kind in ("unsteered", "steered"):
-            r = rec[kind]
-            print(f"  {kind:>9} steerlib : {' '.join(r['steerlib'].split())[:150]}")
-            print(f"  {kind:>9} llama.cpp: {' '.join(r['llama.cpp'].split())[:150]}")
-            print(f"  {kind:>9} agree {r['agree_prefix']}/{max(r['steerlib_tokens'], r['llamacpp_tokens'])} tokens"
-                  f"{' (identical)' if r['identical'] else ''}; prompt tokens equal: {r['prompt_tokens_equal']}")
-            if "divergence" in r:
-                d = r["divergence"]
-                print(f"  {kind:>9} part at token {d['at']}: steerlib {d['steerlib']!r} vs llama.cpp {d['llama.cpp']!r}, "
-                      f"float32 logit margin {d['float32_logit_margin']:.3f}; raw hook picks steerlib's token: "
-                      f"{d['raw_hook_picks_steerlib_token']}")
-    summary = {}
-    for kind in ("unsteered", "steered"):
-        agree = sum(r[kind]["agree_prefix"] for r in rows)
-        total = sum(max(r[kind]["steerlib_tokens"], r[kind]["llamacpp_tokens"]) for r in rows)
-        summary[kind] = {"identical": sum(r[kind]["identical"] for r in rows), "prompts": len(rows),
-                         "agree_tokens": agree, "tokens": total, "agreement": agree / total if total else None}
-    margins = [abs(r[k]["divergence"]["float32_logit_margin"]) for r in rows for k in ("unsteered", "steered")
-               if "divergence" in r[k]]
-    summary["divergences"] = {"count": len(margins), "max_abs_logit_margin": max(margins, default=None),
-                              "raw_hook_agrees_with_steerlib": all(r[k]["divergence"]["raw_hook_picks_steerlib_token"]
-                                                                   for r in rows for k in ("unsteered", "steered")
-                                                                   if "divergence" in r[k])}
-    summary["steering_changed"] = {"steerlib": sum(r["steering_changes_steerlib"] for r in rows),
-                                   "llama.cpp": sum(r["steering_changes_llamacpp"] for r in rows)}
-    result = {"layer": args.layer, "alpha": args.alpha, "max_new_tokens": n, "gguf": gguf.name,
-              "llama_completion": str(exe), "train_items": len(train), "summary": summary, "rows": rows}
-    (out / "result.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    print("\n| run | identical outputs | tokens agreeing (common prefix) |\n|---|---:|---:|")
-    for kind in ("unsteered", "steered"):
-        s = summary[kind]
-        print(f"| {kind} | {s['identical']}/{s['prompts']} | {s['agree_tokens']}/{s['tokens']} "
-              f"({100 * (s['agreement'] or 0):.1f} %) |")
-    dv = summary["divergences"]
-    print(f"{dv['count']} divergences, largest float32 logit margin between the two tokens there: "
-          f"{dv['max_abs_logit_margin'] if dv['max_abs_logit_margin'] is None else round(dv['max_abs_logit_margin'], 3)}; "
-          f"a raw hook adding direction.{args.layer} picks steerlib's token at each: {dv['raw_hook_agrees_with_steerlib']}")
-    print(f"steering changed the answer: steerlib {summary['steering_changed']['steerlib']}/{len(rows)}, "
-          f"llama.cpp {summary['steering_changed']['llama.cpp']}/{len(rows)}; wrote {out / 'result.json'}")
+            s = sm[kind]
+            m = s["max_abs_logit_margin"]
+            print(f"| {variants[name].name} | {kind} | {s['identical']}/{s['prompts']} | {s['agree_tokens']}/{s['tokens']} "
+                  f"({100 * (s['agreement'] or 0):.1f} %) | {s['divergences']}: {'-' if m is None else f'{m:.3f}'} |")
+        print(f"({name}) steering changed the answer: steerlib {sm['steering_changed']['steerlib']}/{len(PROMPTS)}, "
+              f"llama.cpp {sm['steering_changed']['llama.cpp']}/{len(PROMPTS)}; a raw hook adding "
+              f"direction.{args.layer} picks steerlib's token at every divergence: {sm['raw_hook_agrees_with_steerlib']}")
+    print(f"wrote {out / 'result.json'}")
     return 0
 
 
