@@ -189,10 +189,20 @@ def targets_and_predictions_figure(targets: Float[Tensor, "n d"], predictions: F
                      else {"color": colour[b], "linewidths": 1.4})
             ax.scatter(xy[idx, 0], xy[idx, 1], s=44, marker=marker, alpha=0.85, zorder=2,
                        label=f"{src} {b}", **style)
-    ax.scatter([zero[0]], [zero[1]], s=180, marker="*", color="black", zorder=3, label=ZERO_LABEL)
-    ax.annotate(ZERO_LABEL, xy=(float(zero[0]), float(zero[1])), xytext=(12, 12), textcoords="offset points",
-                fontsize=10, arrowprops={"arrowstyle": "-", "color": "black", "lw": 0.8},
+    # the star under the points, so the (many) exactly-zero targets and gated predictions stay visible on it
+    ax.scatter([zero[0]], [zero[1]], s=320, marker="*", color="black", zorder=1.5, label=ZERO_LABEL)
+    centre = xy.mean(0)
+    dx = 16 if zero[0] <= centre[0] else -16  # the label points into the plot, away from the frame and title
+    dy = -16 if zero[1] >= centre[1] else 16
+    ax.annotate(ZERO_LABEL, xy=(float(zero[0]), float(zero[1])), xytext=(dx, dy), textcoords="offset points",
+                ha="left" if dx > 0 else "right", va="top" if dy < 0 else "bottom", fontsize=10,
+                arrowprops={"arrowstyle": "-", "color": "black", "lw": 0.8},
                 bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.6", "alpha": 0.9}, zorder=4)
+    at_zero = [int((v.abs().sum(-1) == 0).sum()) for v in (targets, predictions)]
+    if any(at_zero):
+        ax.annotate(f"here: {at_zero[0]} P2S targets, {at_zero[1]} L2S predictions", xy=(float(zero[0]), float(zero[1])),
+                    xytext=(dx, dy - 16 if dy < 0 else dy + 16), textcoords="offset points",
+                    ha="left" if dx > 0 else "right", va="top" if dy < 0 else "bottom", fontsize=8, color="0.25")
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], ls="none", marker="s", ms=9, color=colour[b], label=f"{b} ({behaviors.count(b)})")

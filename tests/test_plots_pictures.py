@@ -73,6 +73,9 @@ def test_vector_picture_colours_markers_and_zero_label():
     (note,) = [t for t in ax.texts if t.get_text() == ZERO_LABEL]
     assert np.allclose(note.xy, ref_zero * signs, atol=1e-5)
     assert np.linalg.norm(ref_zero) > 1.0  # centring moves it away from the origin, hence the label
+    n_zero = (int((z.abs().sum(-1) == 0).sum()), int((pred.abs().sum(-1) == 0).sum()))
+    assert n_zero == (7, 5)
+    assert f"here: {n_zero[0]} P2S targets, {n_zero[1]} L2S predictions" in [t.get_text() for t in ax.texts]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert {"P2S target (o)", "L2S prediction (x)", ZERO_LABEL} <= set(legend)
     assert "harmful (6)" in legend and "benign (7)" in legend
