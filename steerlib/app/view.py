@@ -92,18 +92,30 @@ def find_runs(run_dir: str | Path) -> list[Path]:
 
 def word_diff(old: str, new: str) -> str:
     """``new`` as escaped HTML, with the words not in ``old`` in ``<ins>`` and ``old``'s removed words
-    in ``<del>`` (word-level :class:`difflib.SequenceMatcher`; whitespace kept as it is).
+    in ``<del>`` (word-level :class:`difflib.SequenceMatcher`; whitespace kept as it is; changes
+    separated only by whitespace are shown as one removed and one added run, which reads better
+    than alternating single words).
 
     Without the ``<del>`` elements the text reads ``new``; without the ``<ins>`` elements, ``old``
     (a whitespace-only insertion is left unmarked, so that reading is ``old`` up to whitespace).
     """
     a, b = _WORD.findall(old), _WORD.findall(new)
-    out: list[str] = []
+    # (equal?, old text, new text); a run of changes separated only by whitespace reads as one change
+    segs: list[list[Any]] = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        if op == "equal":
-            out.append(html.escape("".join(b[j1:j2])))
-            continue
         gone, added = "".join(a[i1:i2]), "".join(b[j1:j2])
+        if op == "equal" and not (gone.isspace() and segs and not segs[-1][0]):
+            segs.append([True, gone, added])
+        elif segs and not segs[-1][0]:
+            segs[-1][1] += gone
+            segs[-1][2] += added
+        else:
+            segs.append([False, gone, added])
+    out: list[str] = []
+    for equal, gone, added in segs:
+        if equal:
+            out.append(html.escape(added))
+            continue
         if gone:
             out.append(f"<del>{html.escape(gone)}</del>")
         if added.strip():
@@ -263,7 +275,9 @@ def _run_html(run: RunView, k: int) -> str:
              "".join(f"<th>{_e(h)}</th>" for h in run.table_head), "</tr></thead><tbody>"]
     parts += ["<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in run.table_rows]
     parts.append("</tbody></table></div>")
-    parts += [_image_html(p) for p in run.images]
+    if run.images:
+        parts.append(f"<details><summary>plots ({len(run.images)})</summary>"
+                     + "".join(_image_html(p) for p in run.images) + "</details>")
     cols = [("steered", "any steered column")] + [(str(j), c) for j, c in enumerate(run.columns)]
     parts.append(
         '<h3>Generations</h3><div class="filters">'
@@ -316,7 +330,10 @@ def build_page(run_dir: str | Path) -> str:
     summary = root / "results.md"
     if summary.is_file() and not (root / "run.json").is_file():
         extra.append(f"<h2>Summary (results.md)</h2><div class=\"wrap\"><pre>{_e(summary.read_text())}</pre></div>")
-        extra += [_image_html(p) for p in sorted(root.glob("*.png"))]
+        pngs = sorted(root.glob("*.png"))
+        if pngs:
+            extra.append(f"<details><summary>plots ({len(pngs)})</summary>"
+                         + "".join(_image_html(p) for p in pngs) + "</details>")
     nav = " · ".join(f'<a href="#run-{k}">{_e(r.name)}</a>' for k, r in enumerate(runs))
     body = "".join(_run_html(r, k) for k, r in enumerate(runs))
     legend = ("<p class=\"muted\">Each steered answer shows its difference from the unsteered answer to the same "
