@@ -21,7 +21,8 @@ from torch import Tensor
 
 from .errors import DataError, MissingDependencyError, NonFiniteError, ShapeMismatchError
 
-__all__ = ["colors", "pca_2d", "plot_alpha_sweep", "plot_vectors", "save_png"]
+__all__ = ["BEHAVIOR_COLORS", "ZERO_LABEL", "colors", "pca_2d", "plot_alpha_sweep", "plot_targets_and_predictions",
+           "plot_vectors", "save_png", "targets_and_predictions_figure"]
 
 
 def pca_2d(vectors: Float[Tensor, "n d"]) -> Float[Tensor, "n 2"]:
@@ -36,6 +37,13 @@ def pca_2d(vectors: Float[Tensor, "n d"]) -> Float[Tensor, "n 2"]:
         ShapeMismatchError: ``vectors`` is not ``[n, d]`` with ``n >= 2``.
         NonFiniteError: NaN or infinite entries.
     """
+    mean, basis = _pca_basis(vectors)
+    x = vectors.detach().to("cpu", torch.float64)
+    return ((x - mean) @ basis).to(torch.float32)
+
+
+def _pca_basis(vectors: Tensor) -> tuple[Float[Tensor, "1 d"], Float[Tensor, "d 2"]]:
+    """The mean and the first two principal directions (deterministic signs; zero columns for missing ones)."""
     if not isinstance(vectors, Tensor):
         raise ShapeMismatchError(f"vectors must be a torch.Tensor [n, d], got {type(vectors).__name__}.")
     if vectors.dim() != 2 or vectors.shape[0] < 2 or vectors.shape[1] < 1:
@@ -46,16 +54,15 @@ def pca_2d(vectors: Float[Tensor, "n d"]) -> Float[Tensor, "n 2"]:
     x = vectors.detach().to("cpu", torch.float64)
     if not torch.isfinite(x).all():
         raise NonFiniteError("vectors contains NaN or infinite values; check how they were computed.")
-    xc = x - x.mean(0, keepdim=True)
-    u, s, vh = torch.linalg.svd(xc, full_matrices=False)
-    k = min(2, s.shape[0])
-    coords = torch.zeros(x.shape[0], 2, dtype=torch.float64)
-    for j in range(k):
+    mean = x.mean(0, keepdim=True)
+    _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
+    basis = torch.zeros(x.shape[1], 2, dtype=torch.float64)
+    for j in range(min(2, s.shape[0])):
         if float(s[j]) <= 1e-12 * max(float(s[0]), 1e-300):
             continue  # a (numerically) zero component: leave the coordinate at 0
         sign = 1.0 if float(vh[j, int(vh[j].abs().argmax())]) >= 0 else -1.0
-        coords[:, j] = sign * u[:, j] * s[j]
-    return coords.to(torch.float32)
+        basis[:, j] = sign * vh[j]
+    return mean, basis
 
 
 def _explained(vectors: Tensor) -> list[float]:
@@ -128,6 +135,94 @@ def plot_vectors(vectors: Float[Tensor, "n d"], labels: Sequence[str], path: str
     ax.set_title(title or f"{xy.shape[0]} vectors, PCA to 2D")
     ax.legend(title="label", fontsize="small", loc="best")
     return save_png(fig, path)
+
+
+#: Colours of the text-safety behaviours in the vector pictures (others get tab10 colours after these).
+BEHAVIOR_COLORS: dict[str, str] = {"harmful": "#d62728", "advice": "#1f77b4", "benign": "#2ca02c"}
+#: The label of the zero vector (no steering) in :func:`targets_and_predictions_figure`.
+ZERO_LABEL = "zero vector (unsteered)"
+_SOURCES = {"P2S": ("o", "P2S target (o)"), "L2S": ("x", "L2S prediction (x)")}
+
+
+def targets_and_predictions_figure(targets: Float[Tensor, "n d"], predictions: Float[Tensor, "n d"],
+                                   behaviors: Sequence[str], *, title: str | None = None,
+                                   segments: bool = True) -> Any:
+    """P2S targets and L2S predictions of the same inputs in one PCA plane (a matplotlib Figure).
+
+    Colour tells the behaviour (:data:`BEHAVIOR_COLORS`), the marker tells the source: ``o`` for a
+    P2S target, ``x`` for L2S's prediction. The zero vector (what an unsteered input gets, e.g.
+    every benign P2S target) is projected with the same PCA, drawn as a black star and labelled
+    :data:`ZERO_LABEL`; with PCA's centring it is generally not at the origin. ``segments`` draws a
+    faint line from each target to its prediction. The PCA is fitted on targets and predictions
+    together.
+
+    Raises:
+        ShapeMismatchError: shapes differ, or not one behaviour per row.
+    """
+    behaviors = [str(b) for b in behaviors]
+    if not isinstance(targets, Tensor) or not isinstance(predictions, Tensor) or targets.shape != predictions.shape:
+        raise ShapeMismatchError(
+            f"targets {tuple(getattr(targets, 'shape', ()))} and predictions {tuple(getattr(predictions, 'shape', ()))} "
+            "must be tensors of the same shape [n, d] (row i: the P2S target and L2S's prediction of input i)."
+        )
+    if targets.dim() != 2 or len(behaviors) != targets.shape[0]:
+        raise ShapeMismatchError(f"{len(behaviors)} behaviours for {tuple(targets.shape)} vectors; give one per row.")
+    both = torch.cat([targets, predictions])
+    mean, basis = _pca_basis(both)
+    xy = ((both.detach().to("cpu", torch.float64) - mean) @ basis).numpy()
+    zero = (-mean @ basis)[0].numpy()
+    var = _explained(both)
+    n = targets.shape[0]
+    order = list(dict.fromkeys(behaviors))
+    extra = iter(colors(10 + len(order))[3:])
+    colour = {b: BEHAVIOR_COLORS.get(b) or next(extra) for b in order}
+    fig, (ax,) = _figure(size=(7.0, 5.5))
+    if segments:
+        for i in range(n):
+            ax.plot([xy[i, 0], xy[n + i, 0]], [xy[i, 1], xy[n + i, 1]], color=colour[behaviors[i]], lw=0.5,
+                    alpha=0.25, zorder=1)
+    for src, offset in (("P2S", 0), ("L2S", n)):
+        marker, _ = _SOURCES[src]
+        for b in order:
+            idx = [offset + i for i, x in enumerate(behaviors) if x == b]
+            style = ({"facecolors": "none", "edgecolors": colour[b], "linewidths": 1.2} if marker == "o"
+                     else {"color": colour[b], "linewidths": 1.4})
+            ax.scatter(xy[idx, 0], xy[idx, 1], s=44, marker=marker, alpha=0.85, zorder=2,
+                       label=f"{src} {b}", **style)
+    # the star under the points, so the (many) exactly-zero targets and gated predictions stay visible on it
+    ax.scatter([zero[0]], [zero[1]], s=320, marker="*", color="black", zorder=1.5, label=ZERO_LABEL)
+    centre = xy.mean(0)
+    dx = 16 if zero[0] <= centre[0] else -16  # the label points into the plot, away from the frame and title
+    dy = -16 if zero[1] >= centre[1] else 16
+    ax.annotate(ZERO_LABEL, xy=(float(zero[0]), float(zero[1])), xytext=(dx, dy), textcoords="offset points",
+                ha="left" if dx > 0 else "right", va="top" if dy < 0 else "bottom", fontsize=10,
+                arrowprops={"arrowstyle": "-", "color": "black", "lw": 0.8},
+                bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.6", "alpha": 0.9}, zorder=4)
+    at_zero = [int((v.abs().sum(-1) == 0).sum()) for v in (targets, predictions)]
+    if any(at_zero):
+        ax.annotate(f"here: {at_zero[0]} P2S targets, {at_zero[1]} L2S predictions", xy=(float(zero[0]), float(zero[1])),
+                    xytext=(dx, dy - 16 if dy < 0 else dy + 16), textcoords="offset points",
+                    ha="left" if dx > 0 else "right", va="top" if dy < 0 else "bottom", fontsize=8, color="0.25")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="none", marker="s", ms=9, color=colour[b], label=f"{b} ({behaviors.count(b)})")
+               for b in order]
+    handles += [Line2D([], [], ls="none", marker=m, ms=8, color="0.3", mfc="none" if m == "o" else "0.3", label=lab)
+                for m, lab in _SOURCES.values()]
+    handles.append(Line2D([], [], ls="none", marker="*", ms=12, color="black", label=ZERO_LABEL))
+    ax.legend(handles=handles, fontsize="small", loc="best", framealpha=0.9)
+    ax.set_xlabel(f"PC1 ({100 * var[0]:.1f}% of variance)")
+    ax.set_ylabel(f"PC2 ({100 * var[1]:.1f}% of variance)")
+    ax.grid(alpha=0.25)
+    ax.set_title(title or f"P2S targets (o) and L2S predictions (x) of {n} inputs, PCA to 2D")
+    return fig
+
+
+def plot_targets_and_predictions(targets: Float[Tensor, "n d"], predictions: Float[Tensor, "n d"],
+                                 behaviors: Sequence[str], path: str | os.PathLike[str], *,
+                                 title: str | None = None) -> Path:
+    """Write :func:`targets_and_predictions_figure` as a PNG; returns the path."""
+    return save_png(targets_and_predictions_figure(targets, predictions, behaviors, title=title), path)
 
 
 def colors(n: int) -> list[Any]:

@@ -3,7 +3,8 @@
 * the strict build (broken links, pages missing from the nav, docstrings mkdocstrings cannot parse)
   is skipped only when mkdocs / mkdocstrings are not installed (``pip install -e ".[docs]"``);
 * the quickstart block of docs/index.md runs end to end with ``MODEL = "tiny:llama"``;
-* every block marked ``<!-- doctest -->`` runs on tiny models;
+* every block marked ``<!-- doctest -->`` runs on tiny models, and so does every block marked
+  ``<!-- smollm2 -->`` with ``MODEL = "tiny:llama"`` (its SmolLM2 output: tests/test_docs_outputs.py);
 * every python block parses, and every ``from steerlib... import name`` in the docs names something
   that exists.
 """
@@ -27,7 +28,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)  # indented blocks (in lists) are dedented
-MARKED = re.compile(r"<!-- (quickstart|doctest)[^>]*-->\s*```python\n(.*?)```", re.S)
+MARKED = re.compile(r"<!-- (quickstart|doctest|smollm2)[^>]*-->\s*```python\n(.*?)```", re.S)
 
 
 @pytest.fixture
@@ -84,6 +85,9 @@ def _doctests() -> list[tuple[str, str]]:
         for i, (kind, code) in enumerate(_marked(page)):
             if kind == "doctest":
                 out.append((f"{page.relative_to(DOCS)}#{i}", code))
+            elif kind == "smollm2":  # shown with SmolLM2's output (tests/test_docs_outputs.py); here on tiny:llama
+                out.append((f"{page.relative_to(DOCS)}#{i}",
+                            re.sub(r'^MODEL = "smollm2".*$', 'MODEL = "tiny:llama"', code, flags=re.M)))
     return out
 
 

@@ -46,6 +46,7 @@ EXAMPLES = {
     "weights": "steerlib weights smollm2   # build the cached safetensors copy once (make install runs it)",
     "export": "steerlib export --steerer runs/mean-L15 --out mean.gguf",
     "chat": "steerlib chat --model smollm2 --steerer runs/l2s-L15 --alpha 0.5 --compare   # then /alpha 1, /steer off",
+    "view": "steerlib view runs/compare      # writes runs/compare/view.html: one static page, open it in a browser",
 }
 
 
@@ -183,6 +184,12 @@ def _parser() -> argparse.ArgumentParser:
     ch = add("chat", "Chat with a model and a saved steerer: change alpha, toggle steering, compare with unsteered.")
     chat_args(ch)
     ch.set_defaults(func=_handler(".chat", "run_from_args"))
+
+    from .view import add_arguments as view_args  # stdlib only at import time
+
+    v = add("view", "Write one static HTML page (no server) over a compare or demo run: table and generations.")
+    view_args(v)
+    v.set_defaults(func=_handler(".view", "run_from_args"))
     return p
 
 

@@ -349,11 +349,10 @@ def _g_quality(model: SteerableModel, steerers: dict[tuple[str, int], Steerer], 
                             "gated_to_zero": zeroed}
         out[f"L{layer}"] = rec
         try:
-            from ..plots import plot_vectors
+            from ..plots import plot_targets_and_predictions
 
-            plot_vectors(torch.cat([f.z, pred]), [f"P2S {it.behavior}" for it in items] +
-                         [f"L2S {it.behavior}" for it in items], path.parent / f"p2s_pca_L{layer}.png",
-                         title=f"P2S targets and L2S predictions, validation split, layer {layer}")
+            plot_targets_and_predictions(f.z, pred, [it.behavior for it in items], path.parent / f"p2s_pca_L{layer}.png",
+                                         title=f"P2S targets (o) and L2S predictions (x), validation split, layer {layer}")
         except MissingDependencyError:  # matplotlib missing
             continue
     write_text_atomic(path, json.dumps(out, indent=2))

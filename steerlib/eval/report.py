@@ -37,6 +37,7 @@ __all__ = [
     "best_rows",
     "markdown_table",
     "metric_columns",
+    "metrics_vs_alpha_figure",
     "plot_best_bars",
     "plot_metrics_vs_alpha",
     "rows_to_csv",
@@ -225,7 +226,7 @@ def _grid(n: int, size: tuple[float, float] = (4.2, 3.3)) -> tuple[Any, list[Any
         from matplotlib.figure import Figure
     except ImportError as e:  # pragma: no cover - matplotlib is installed with the dev extras
         raise MissingDependencyError("Plots need matplotlib: pip install matplotlib (or 'steerlib[demo]').") from e
-    ncols = min(n, 4)
+    ncols = 2 if n in (2, 4) else min(n, 3)  # four panels: a 2 x 2 grid (about 8.4 x 7 in), readable in a page
     nrows = math.ceil(n / ncols)
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows + 0.4), layout="constrained")
     FigureCanvasAgg(fig)
@@ -245,9 +246,19 @@ def _plot_metrics(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | No
 
 def plot_metrics_vs_alpha(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
                           metrics: Sequence[str] | None = None, *, title: str | None = None) -> Path:
+    """Write :func:`metrics_vs_alpha_figure` as a PNG; returns the path."""
+    from ..plots import save_png
+
+    return save_png(metrics_vs_alpha_figure(rows, metrics, title=title), path)
+
+
+def metrics_vs_alpha_figure(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None = None, *,
+                            title: str | None = None) -> Any:
     """Each metric against alpha (one panel per metric), one line per method (per layer when the
-    grid has several), with the Wilson band of proportions; baselines are dashed lines."""
-    from ..plots import colors as palette, save_png
+    grid has several), with the Wilson band of proportions; baselines (the unsteered model,
+    prompting: rows without alpha) are dashed horizontal lines. Proportions have a fixed 0-1 axis;
+    four metrics make a 2 x 2 grid."""
+    from ..plots import colors as palette
 
     ms = _plot_metrics(rows, metrics)
     if not ms:
@@ -265,20 +276,22 @@ def plot_metrics_vs_alpha(rows: Sequence[Mapping[str, Any]], path: str | os.Path
             swept = sorted((r for r in rs if r.get("alpha") is not None), key=lambda r: r["alpha"])
             if swept:
                 xs = [r["alpha"] for r in swept]
-                ax.plot(xs, [r[m] for r in swept], marker="o", ms=4, color=colors[name], label=name)
-                if all(f"{m}_low" in r for r in swept):
-                    ax.fill_between(xs, [r[f"{m}_low"] for r in swept], [r[f"{m}_high"] for r in swept],
-                                    color=colors[name], alpha=0.15, lw=0)
+                ax.plot(xs, [r[m] for r in swept], marker="o", ms=4, color=colors[name], label=name, clip_on=False)
+                if all(f"{m}_low" in r for r in swept):  # the Wilson band: light, with its edges drawn
+                    lo, hi = [r[f"{m}_low"] for r in swept], [r[f"{m}_high"] for r in swept]
+                    ax.fill_between(xs, lo, hi, color=colors[name], alpha=0.08, lw=0)
+                    for edge in (lo, hi):
+                        ax.plot(xs, edge, color=colors[name], lw=0.6, alpha=0.5)
             for r in rs:
-                if r.get("alpha") is None:
-                    ax.axhline(r[m], ls="--", lw=1.2, color=colors[name], label=f"{name} (no alpha)")
+                if r.get("alpha") is None:  # a baseline (the unsteered model, prompting): a dashed line
+                    ax.axhline(r[m], ls="--", lw=1.4, color=colors[name], label=f"{name} (baseline, dashed)", clip_on=False)
         info = _INFO.get(m)
         arrow = "" if info is None or info.higher_is_better is None else (" ↑" if info.higher_is_better else " ↓")
         ax.set_title(m + arrow)
         ax.set_xlabel("alpha")
         ax.grid(alpha=0.3)
         if info is not None and info.proportion:
-            ax.set_ylim(-0.03, 1.03)
+            ax.set_ylim(0.0, 1.0)  # fixed: small differences are not blown up
     handles, labels = [], []
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -288,7 +301,7 @@ def plot_metrics_vs_alpha(rows: Sequence[Mapping[str, Any]], path: str | os.Path
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6), fontsize="small")
     fig.suptitle(title or "metrics vs alpha")
-    return save_png(fig, path)
+    return fig
 
 
 def plot_best_bars(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],

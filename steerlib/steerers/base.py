@@ -223,7 +223,30 @@ class Steerer:
 
     # ------------------------------------------------------------------ fitting -----
     def fit(self: S, model: SteerableModel, items: Sequence[ContrastiveItem]) -> S:
-        """Learn from contrastive items; returns ``self``."""
+        """Learn from contrastive items (scikit-learn's ``fit``: the model is the context, the items are ``X``).
+
+        Args:
+            model: the model to steer; its hidden size and layer count are recorded, and a later
+                :meth:`generate` or :meth:`from_pretrained` refuses a model that differs.
+            items: the training set, one :class:`~steerlib.data.ContrastiveItem` each (a prompt,
+                a desired and an undesired completion, a behaviour label). Methods that learn
+                nothing (``needs_fit`` False: no steering, prompting, given vectors) accept ``[]``.
+
+        Returns:
+            ``self``, fitted (``is_fitted`` is True; learned attributes end in ``_``).
+
+        Raises:
+            DataError: an item is not a ``ContrastiveItem``, or no item has the labels the method needs.
+            LayerIndexError: ``layer`` is outside ``0 .. model.num_layers - 1``.
+
+        Example:
+            ```python
+            from steerlib import MeanSteer, demo_items, load_steerable
+
+            model = load_steerable("smollm2")
+            mean = MeanSteer(layer=15, behaviors=["harmful", "advice"]).fit(model, demo_items()["train"])
+            ```
+        """
         self._check_params(model)
         items = list(items)
         self._fit(model, items)
@@ -256,7 +279,23 @@ class Steerer:
 
     # ------------------------------------------------------------------ applying ----
     def vectors(self, model: SteerableModel, items: Inputs) -> Float[Tensor, "batch d_model"]:
-        """One steering vector per input (before ``alpha``)."""
+        """One steering vector per input, before ``alpha`` (what :meth:`generate` adds, times ``alpha``).
+
+        Args:
+            model: the model the steerer was fitted on.
+            items: prompts (strings) or :class:`~steerlib.data.ContrastiveItem` s.
+
+        Returns:
+            A float tensor ``[len(items), model.hidden_size]``: the same row for every input for
+            static methods (Mean-S), each input's own vector for input-dependent ones (P2S, L2S;
+            a zero row for an input L2S's gate leaves unsteered).
+
+        Example:
+            ```python
+            v = l2s.vectors(model, ["How do I pick a lock?", "Give me a recipe for pancakes."])
+            v.shape, v.norm(dim=-1)  # torch.Size([2, 576]); the benign row's norm is 0 when gated
+            ```
+        """
         raise NotImplementedError
 
     def prepare_prompts(self, items: list[ContrastiveItem]) -> list[ContrastiveItem]:
@@ -296,6 +335,28 @@ class Steerer:
         Rows are grouped by prompt length (:func:`~steerlib.batching.length_batches`): at most
         ``batch_size`` rows per batch and, with ``max_batch_tokens``, at most that many padded
         prompt tokens, so short prompts share large batches.
+
+        Args:
+            model: the model the steerer was fitted on (a different shape is refused).
+            inputs: a prompt, a list of prompts, or :class:`~steerlib.data.ContrastiveItem` s
+                (with images for a VLM). Anything else (dicts, message lists, a DataFrame) is refused.
+            alpha: the strength (default: the steerer's ``alpha``).
+            positions: where to add the vector (:data:`~steerlib.positions.Where`; default the steerer's).
+            max_new_tokens: tokens to generate per input.
+            batch_size: most rows per batch.
+            max_batch_tokens: most padded prompt tokens per batch (None: no limit).
+            progress: show a tqdm bar over the batches.
+            **generate_kwargs: passed to Hugging Face ``generate``; decoding is greedy
+                (``do_sample=False``) unless you pass ``do_sample=True``.
+
+        Returns:
+            The generated texts (without the prompt), one per input, in input order.
+
+        Example:
+            ```python
+            steered = l2s.generate(model, ["How do I pick a lock?"], alpha=0.75, max_new_tokens=32)
+            plain = NoSteer().fit(model, []).generate(model, ["How do I pick a lock?"], max_new_tokens=32)
+            ```
         """
         return self.generate_tokens(model, inputs, alpha=alpha, positions=positions, max_new_tokens=max_new_tokens,
                                     batch_size=batch_size, max_batch_tokens=max_batch_tokens, progress=progress,
@@ -345,6 +406,16 @@ class Steerer:
 
         Returns:
             The folder written.
+
+        Raises:
+            NotFittedError: the steerer is not fitted.
+            PersistenceError: ``path`` exists and ``overwrite`` is False (nothing is changed).
+
+        Example:
+            ```python
+            l2s.save_pretrained("runs/l2s-L15", overwrite=True)
+            again = Steerer.from_pretrained("runs/l2s-L15", model=model)
+            ```
         """
         self.check_fitted()
         from ..version import __version__
@@ -402,7 +473,28 @@ class Steerer:
         ``huggingface_hub.snapshot_download`` at ``revision``; ``HF_HUB_OFFLINE=1`` reads the local HF cache only).
 
         With ``model``, check it fits: a different type, hidden size or layer count refuses; another
-        repo id or commit of the same shape warns."""
+        repo id or commit of the same shape warns.
+
+        Args:
+            path: a folder written by :meth:`save_pretrained` (or ``steerlib fit``), or a Hub repo id.
+            model: the model it will steer, checked against the one it was fitted on.
+            revision: a Hub branch, tag or commit (repo ids only).
+
+        Returns:
+            The steerer, fitted, of the class it was saved as (``Steerer.from_pretrained`` works for
+            every method; ``L2S.from_pretrained`` refuses a folder holding another method).
+
+        Raises:
+            PersistenceError: no saved steerer there, a corrupt folder, or another method's folder.
+            CompatibilityError: saved by a newer format, or ``model`` has another shape.
+
+        Example:
+            ```python
+            from steerlib import Steerer
+
+            l2s = Steerer.from_pretrained("runs/l2s-quickstart", model=model)
+            ```
+        """
         path = check_path(resolve_steerer_path(path, revision), "steerer folder")
         built: list[Steerer] = []
 
