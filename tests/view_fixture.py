@@ -38,6 +38,7 @@ def make_run(out: Path) -> Path:
     from steerlib.data.templates import TEXT_SAFETY_TEMPLATES, apply_template
     from steerlib.engine import SteerableModel
     from steerlib.eval.compare import compare
+    from steerlib.eval.store import seal
     from steerlib.testing import build_tiny
 
     def items(n: int, start: int) -> list:
@@ -58,6 +59,7 @@ def make_run(out: Path) -> Path:
     for r in recs:
         r["text"] = scripted_text(r)
         r["token_ids"] = [ord(c) for c in r["text"]]
+    recs = [seal(r) for r in recs]  # scripted answers carry their own checksum, as compare's records do
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     return out
 
