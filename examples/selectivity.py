@@ -173,16 +173,25 @@ def recipes() -> dict[str, tuple[Any, tuple[str, ...], int | None]]:
 
 
 def measure(model: SteerableModel, t: dict[str, torch.Tensor], meta: list[dict[str, Any]], out: Path,
-            alphas: tuple[float, ...]) -> dict[str, Any]:
+            alphas: tuple[float, ...], stages: tuple[str, ...] = ("validation", "test"),
+            names: tuple[str, ...] = ("Mean-S", "L2S (demo recipe)", "L2S", "classify"),
+            behaviors: tuple[str, ...] = ("harmful", "advice", "benign")) -> dict[str, Any]:
+    """Generate with the recipes ``names`` on the validation kinds (fit on train) and/or the test kinds
+    (refit on train + validation), each with the demo's matching split; print the selectivity tables."""
     items = {it.id: it for _, it in all_items()}
     res: dict[str, Any] = {}
-    for stage, fit_groups, eval_groups in (("validation", ("train",), ("val",)), ("test", ("train", "val"), ("test",))):
+    plan = {"validation": (("train",), ("val",)), "test": (("train", "val"), ("test",))}
+    for stage in stages:
+        fit_groups, eval_groups = plan[stage]
         t0 = time.perf_counter()
         methods: dict[str, Steerer] = {UNSTEERED: NoSteer().fit(model, [])}
         for name, (make, extra, il) in recipes().items():
+            if name not in names:
+                continue
             groups = tuple(f"demo-{s}" for s in fit_groups) + tuple(f"{e}-{s}" for e in extra for s in fit_groups)
             methods[name] = _fit(model, make(), t, meta, items, groups, il)
-        ev = [items[m["id"]] for m in meta if m["group"] in {f"{e}-{s}" for e in ("demo", "hard") for s in eval_groups}]
+        ev = [items[m["id"]] for m in meta if m["group"] in {f"{e}-{s}" for e in ("demo", "hard") for s in eval_groups}
+              and m["behavior"] in behaviors]
         r = compare(model, [], ev, methods, {n: (list(alphas) if n == "L2S" else [ALPHA]) for n in methods},
                     out_dir=out / stage, max_new_tokens=32, batch_size=64, batching="length", max_batch_tokens=4096,
                     reuse_unsteered_rows=True, metrics=METRICS, progress=True)
@@ -222,6 +231,9 @@ def main() -> None:
     ap.add_argument("--out", default="runs/selectivity")
     ap.add_argument("--alphas", default="0.75", help="L2S strengths tried on validation (comma-separated)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--stages", default="validation,test", help="measure: validation and/or test")
+    ap.add_argument("--methods", default="Mean-S,L2S (demo recipe),L2S,classify", help="measure: the recipes run")
+    ap.add_argument("--behaviors", default="harmful,advice,benign", help="measure: the behaviours evaluated")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -234,7 +246,8 @@ def main() -> None:
     if args.step == "select":
         select(t, meta, out, DEFAULT_CANDIDATES)
     elif args.step == "measure":
-        measure(model, t, meta, out, tuple(float(a) for a in args.alphas.split(",")))
+        measure(model, t, meta, out, tuple(float(a) for a in args.alphas.split(",")), tuple(args.stages.split(",")),
+                tuple(args.methods.split(",")), tuple(args.behaviors.split(",")))
 
 
 if __name__ == "__main__":

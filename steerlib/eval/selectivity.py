@@ -112,28 +112,41 @@ def _label(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
     return str(row["label"])
 
 
-def selectivity_report(result: CompareResult, items: Sequence[ContrastiveItem], *, against: str | None = "L2S",
+def selectivity_report(result: CompareResult | Sequence[CompareResult], items: Sequence[ContrastiveItem], *, against: str | None = "L2S",
                        group: Callable[[ContrastiveItem], str | None] = default_group,
                        judges: Mapping[str, Callable[[str], bool]] = JUDGES,
                        confidence: float = 0.95) -> SelectivityReport:
     """The selectivity table of a finished comparison, from its cached generations.
 
-    ``items`` are the evaluation items the comparison ran on (their ``meta`` tells the groups,
-    which the comparison's manifest does not keep); ``group`` maps an item to one of
+    ``result`` may be several comparisons of the same methods (the same rows) on different items,
+    e.g. a demo's test split and the hard-safety test kinds run separately. ``items`` are the
+    evaluation items the comparisons ran on (their ``meta`` tells the groups, which a manifest
+    does not keep); ``group`` maps an item to one of
     :data:`GROUPS` or None (left out). ``against`` names the method every other is paired with
     (None: no paired tests); it must have exactly one row.
 
     Raises:
         DataError: an item the comparison has no generation for, an unknown group, ``against`` not
-            among the methods.
+            among the methods, comparisons whose rows differ.
     """
+    results = [result] if isinstance(result, CompareResult) else list(result)
+    if not results:
+        raise DataError("selectivity_report needs at least one CompareResult.")
+    result = results[0]
+    for other in results[1:]:
+        if [r["config"] for r in other.rows] != [r["config"] for r in result.rows] or \
+                [r["method"] for r in other.rows] != [r["method"] for r in result.rows]:
+            raise DataError(f"The comparisons in {result.out_dir} and {other.out_dir} have different rows; "
+                            "pass comparisons of the same fitted methods at the same settings.")
     man = result.manifest
     ref = RunSpec.from_dict(man["reference"])
     cfg = MetricConfig.from_dict(man.get("metric_config", {}))
     max_new = man.get("max_new_tokens")
     n_tok = min(cfg.unchanged_tokens, max_new) if max_new else cfg.unchanged_tokens
     pad = man.get("pad_token_id")
-    gens = JsonlCache(result.out_dir / CACHE_FILE, GEN_KEY, repair=False).records
+    gens: dict[tuple[str, ...], Any] = {}
+    for r in results:
+        gens.update(JsonlCache(r.out_dir / CACHE_FILE, GEN_KEY, repair=False).records)
     grouped: dict[str, list[ContrastiveItem]] = {g: [] for g in GROUPS}
     for it in items:
         g = group(it)
