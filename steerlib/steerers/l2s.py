@@ -44,7 +44,14 @@ SELECTIVE: dict[str, Any] = {"hidden": 64, "lr": 1e-3, "class_balance": True, "l
 target "leave unchanged" (zero P2S vectors, e.g. benign prompts). Class balance and a strong L1
 term drive g's output on those inputs towards 0, and the cross-validated gate zeroes what is left,
 so they run exactly unsteered. These are the settings ``steerlib demo`` measures; the paper's
-defaults (``L2S()``: no class balance, L1 weight 1, no gate) change benign answers too."""
+defaults (``L2S()``: no class balance, L1 weight 1, no gate) change benign answers too.
+
+Two choices outside these hyperparameters decide whether the gate reads the *intent* of a prompt
+rather than its topic words (``docs/selectivity.md``, chosen by leave-one-kind-out cross-validation
+on :mod:`steerlib.data.hard_safety`'s training kinds): read g's input at the steered layer
+(``input_layer=None``, the default; the last prompt token), and train on contrastive pairs of
+benign prompts that sound harmful (zero target) and harmful prompts with the same words (refusal
+target), e.g. ``demo_items()["train"] + hard_safety_items("train")``."""
 
 
 class SteeringNet(nn.Module):
