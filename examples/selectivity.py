@@ -225,9 +225,32 @@ def choose_alpha(rep: Any, alphas: tuple[float, ...]) -> float:
     return max(alphas, key=lambda a: score[a] / 2 - get(a, "hard_benign", "false_refusal"))
 
 
+def disagreements(out: Path, stage: str = "test") -> list[dict[str, Any]]:
+    """The generations of ``OUT/<stage>`` on which the keyword and the strict refusal judge disagree."""
+    from steerlib.eval.judges import is_strict_refusal
+    from steerlib.eval.metrics import is_refusal
+    from steerlib.eval.rows import load_result
+    from steerlib.eval.store import CACHE_FILE, GEN_KEY, JsonlCache
+
+    res = load_result(out / stage)
+    prompts = {it.id: (it.prompt, it.behavior, it.meta.get("kind")) for _, it in all_items()}
+    rows = []
+    for (method, _config, item_id), rec in sorted(JsonlCache(out / stage / CACHE_FILE, GEN_KEY, repair=False).records.items()):
+        kw, strict = is_refusal(rec["text"]), is_strict_refusal(rec["text"])
+        if kw != strict and any(r["method"] == method for r in res.rows):
+            p, beh, kind = prompts[item_id]
+            rows.append({"method": method, "id": item_id, "behavior": beh, "kind": kind, "prompt": p,
+                         "keyword": kw, "strict": strict, "text": rec["text"]})
+    with open(out / f"judge_disagreements_{stage}.jsonl", "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    print(f"{len(rows)} generations where the judges disagree -> {out}/judge_disagreements_{stage}.jsonl")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("features", "select", "measure"))
+    ap.add_argument("step", choices=("features", "select", "measure", "disagreements"))
     ap.add_argument("--out", default="runs/selectivity")
     ap.add_argument("--alphas", default="0.75", help="L2S strengths tried on validation (comma-separated)")
     ap.add_argument("--threads", type=int, default=None)
@@ -239,6 +262,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.step == "disagreements":
+        for stage in args.stages.split(","):
+            if (out / stage).is_dir():
+                disagreements(out, stage)
+        return
     from steerlib.zoo import load_steerable
 
     model = load_steerable("smollm2")
