@@ -9,6 +9,8 @@ Three steps (``docs/selectivity.md`` gives the reasons and the figures):
               the hard set's *training* kinds (the demo's training items always in): does g's gate
               (or the classifier) decide "steer" for harmful and "leave" for benign prompts of the
               held-out kind? AUC of g's output norm, balanced accuracy of the decision.
+``validate``  the finalists' gate decisions on the validation kinds (fitted on train, the recipe's
+              own cross-validated gate): the choice.
 ``measure``   fits the finalists on train, generates on the validation kinds (choice), refits on
               train + validation and generates once on the test kinds (never trained on or chosen
               with) and the demo's test split; prints the selectivity table (both refusal judges,
@@ -16,6 +18,7 @@ Three steps (``docs/selectivity.md`` gives the reasons and the figures):
 
     python examples/selectivity.py features --out runs/selectivity
     python examples/selectivity.py select --out runs/selectivity
+    python examples/selectivity.py validate --out runs/selectivity
     python examples/selectivity.py measure --out runs/selectivity
 """
 
@@ -150,6 +153,43 @@ DEFAULT_CANDIDATES = (
 )
 
 
+FINALISTS = {  # name -> (method, g's input layer, training groups)
+    "L2S demo recipe (in 12, demo train)": ("l2s", 12, ("demo-train",)),
+    "L2S in 12 + hard train": ("l2s", 12, ("demo-train", "hard-train")),
+    "L2S in 15, demo train": ("l2s", 15, ("demo-train",)),
+    "L2S in 15 + hard train": ("l2s", 15, ("demo-train", "hard-train")),
+    "classify in 15 + hard train": ("classify", 15, ("demo-train", "hard-train")),
+}
+
+
+def validate(t: dict[str, torch.Tensor], meta: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """The finalists (the recipe's own cross-validated gate), fitted on train, on the validation kinds and
+    the demo's validation split: the share of each group that the gate (or classifier) steers."""
+    beh = [m["behavior"] for m in meta]
+    z = t[f"z_L{STEER_LAYER}"]
+    res: dict[str, Any] = {}
+    for name, (method, layer, groups) in FINALISTS.items():
+        tr = [i for i, m in enumerate(meta) if m["group"] in groups]
+        h = t[f"h_L{layer}_last_prompt"]
+        rec: dict[str, Any] = {}
+        if method == "l2s":
+            g = L2S.selective(STEER_LAYER, input_layer=layer, progress=False).fit_features(h[tr], z[tr], [beh[i] for i in tr])
+            rec["gate"] = g.gate_
+            steer = lambda x, g=g: g.predict(x).norm(dim=-1) > 0  # noqa: E731
+        else:
+            c = ClassifySteer(STEER_LAYER, progress=False).fit_features(h[tr], z[tr], [beh[i] for i in tr])
+            ben = c.classes_.index("benign")
+            steer = lambda x, c=c, ben=ben: (x.double() @ c.weight_.T + c.bias_).argmax(-1) != ben  # noqa: E731
+        for grp, label in (("hard-val", "benign"), ("hard-val", "harmful"), ("demo-val", "benign"),
+                           ("demo-val", "harmful"), ("demo-val", "advice")):
+            idx = [i for i, m in enumerate(meta) if m["group"] == grp and beh[i] == label]
+            rec[f"{grp} {label} steered"] = round(float(steer(h[idx]).float().mean()), 3)
+        res[name] = rec
+        print(name, json.dumps(rec), flush=True)
+    (out / "validation_gate.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
 # --------------------------------------------------------------------------------------- measure
 def _fit(model: SteerableModel, st: Steerer, t: dict[str, torch.Tensor], meta: list[dict[str, Any]],
          items: dict[str, ContrastiveItem], groups: tuple[str, ...], input_layer: int | None,
@@ -250,7 +290,7 @@ def disagreements(out: Path, stage: str = "test") -> list[dict[str, Any]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("features", "select", "measure", "disagreements"))
+    ap.add_argument("step", choices=("features", "select", "validate", "measure", "disagreements"))
     ap.add_argument("--out", default="runs/selectivity")
     ap.add_argument("--alphas", default="0.75", help="L2S strengths tried on validation (comma-separated)")
     ap.add_argument("--threads", type=int, default=None)
@@ -273,6 +313,8 @@ def main() -> None:
     t, meta = features(model, out)
     if args.step == "select":
         select(t, meta, out, DEFAULT_CANDIDATES)
+    elif args.step == "validate":
+        validate(t, meta, out)
     elif args.step == "measure":
         measure(model, t, meta, out, tuple(float(a) for a in args.alphas.split(",")), tuple(args.stages.split(",")),
                 tuple(args.methods.split(",")), tuple(args.behaviors.split(",")))
