@@ -265,6 +265,21 @@ def choose_alpha(rep: Any, alphas: tuple[float, ...]) -> float:
     return max(alphas, key=lambda a: score[a] / 2 - get(a, "hard_benign", "false_refusal"))
 
 
+def report(out: Path, stage: str = "test", behaviors: tuple[str, ...] = ("harmful", "benign")) -> str:
+    """The selectivity tables of a finished ``measure`` stage, rebuilt from its cached generations."""
+    from steerlib.eval.rows import load_result
+
+    groups = {"validation": "val", "test": "test"}[stage]
+    ev = [it for g, it in all_items() if g in (f"demo-{groups}", f"hard-{groups}") and it.behavior in behaviors]
+    res = load_result(out / stage)
+    rep = selectivity_report(res, [it for it in ev if it.id in {i["id"] for i in res.manifest["items"]}], against="L2S")
+    text = "\n\n".join(selectivity_markdown(rep, j) for j in ("keyword", "strict"))
+    (out / f"{stage}.md").write_text(text + "\n")
+    (out / f"{stage}.json").write_text(json.dumps(rep.as_dict(), indent=1))
+    print(text)
+    return text
+
+
 def disagreements(out: Path, stage: str = "test") -> list[dict[str, Any]]:
     """The generations of ``OUT/<stage>`` on which the keyword and the strict refusal judge disagree."""
     from steerlib.eval.judges import is_strict_refusal
@@ -290,7 +305,7 @@ def disagreements(out: Path, stage: str = "test") -> list[dict[str, Any]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("features", "select", "validate", "measure", "disagreements"))
+    ap.add_argument("step", choices=("features", "select", "validate", "measure", "report", "disagreements"))
     ap.add_argument("--out", default="runs/selectivity")
     ap.add_argument("--alphas", default="0.75", help="L2S strengths tried on validation (comma-separated)")
     ap.add_argument("--threads", type=int, default=None)
@@ -302,10 +317,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.step == "disagreements":
+    if args.step in ("report", "disagreements"):  # from the cached generations alone
         for stage in args.stages.split(","):
             if (out / stage).is_dir():
-                disagreements(out, stage)
+                report(out, stage, tuple(args.behaviors.split(","))) if args.step == "report" else disagreements(out, stage)
         return
     from steerlib.zoo import load_steerable
 
