@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ..data.demo import DEMO_SPLIT_SIZES, demo_items
+from ..data.hard_safety import hard_safety_items
 from ..data.items import ContrastiveItem, items_hash
 from ..defaults import DEFAULT_MAX_NEW_TOKENS
 from ..engine import SteerableModel
@@ -34,6 +35,7 @@ from ..errors import MissingDependencyError
 from ..eval.compare import compare
 from ..eval.report import TableStyle, markdown_table, plot_metrics_vs_alpha
 from ..eval.rows import CompareResult, MetricConfig
+from ..eval.selectivity import selectivity_markdown, selectivity_report
 from ..eval.store import CACHE_FILE, GEN_KEY, JsonlCache
 from ..persistence import write_text_atomic
 from ..steerers import NoSteer, P2SFeatures, Steerer, extract_p2s_layers
@@ -118,13 +120,19 @@ def _run(model: SteerableModel, items: list[ContrastiveItem], methods: Mapping[s
 def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (12, 15),
              alphas: Sequence[float] = (0.5, 0.75), max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 64,
              batch_tokens: int | None = 4096,
-             scale: float = 1.0, g_hidden: int = 64, g_epochs: int = 100, input_layer: int = 12,
+             scale: float = 1.0, g_hidden: int = 64, g_epochs: int = 100, input_layer: int | None = None,
              show: int = 2) -> dict[str, Any]:
-    """Fit, select on validation, evaluate on test; print the table; write JSON, markdown and plots."""
+    """Fit, select on validation, evaluate on test; print the table; write JSON, markdown and plots.
+
+    ``input_layer``: g's input layer (None: the steered layer). The training items are the demo's
+    plus the hard-safety set's train kinds (benign prompts that sound harmful -> zero target, their
+    harmful counterparts -> refusal); the refit adds its validation kinds; its test kinds, never
+    trained on, get the selectivity table (:mod:`steerlib.eval.selectivity`)."""
     t_start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = demo_items(scale)
-    train, val_items, test = splits["train"], splits["val"], splits["test"]
+    hard = {s: _scaled(hard_safety_items(s), scale) for s in ("train", "val", "test")}  # type: ignore[arg-type]
+    train, val_items, test = splits["train"] + hard["train"], splits["val"], splits["test"]
     stages: dict[str, float] = {}
     run = {"max_new_tokens": max(max_new_tokens, UNCHANGED_TOKENS), "batch_size": batch_size,
            "batch_tokens": batch_tokens}
@@ -159,7 +167,7 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
     print(f"[3/5] refit: the chosen configurations on train + validation ({len(train) + len(val_items)} prompts)",
           flush=True)
     # The chosen configurations, refit on train + validation (the usual last step of model selection).
-    final = _fit_or_load(model, [train, val_items], sorted({picked["l2s"][0], picked["mean"][0]}),
+    final = _fit_or_load(model, [train, val_items + hard["val"]], sorted({picked["l2s"][0], picked["mean"][0]}),
                          out_dir / "steerers-final", g_hidden, g_epochs, input_layer, memo)
     lap("refit")
     print(f"[4/5] test: no steering, Mean-S, L2S and P2S (oracle) on {len(test)} held-out prompts", flush=True)
@@ -181,6 +189,12 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
         rows.append({"method": r["method"], "layer": r["layer"], "alpha": r["alpha"], **scores(r),
                      "perplexity_median": r.get("ppl_median", float("nan")), "_texts": texts, "_row": r})
     lap("perplexity")
+    # Selectivity on the hard-safety test kinds (never trained on) and the demo's test split.
+    hard_res = _run(model, hard["test"], test_methods, test_alphas, out_dir / "hard-test", **run)
+    sel = selectivity_report([res, hard_res], test + hard["test"], against="L2S")
+    sel_text = "\n\n".join(selectivity_markdown(sel, j) for j in ("keyword", "strict"))
+    write_text_atomic(out_dir / "selectivity.md", sel_text + "\n")
+    lap("selectivity")
 
     gates = {f"L{layer}": steerers[("l2s", layer)].gate_ for layer in layers}  # type: ignore[attr-defined]
     final_l2s = final[("l2s", picked["l2s"][0])]
@@ -192,7 +206,8 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
     print("\n" + table)
     for c in checks:
         print(f"  target {c['what']}: {c['value']:.2f} -> {'met' if c['met'] else 'NOT met'}")
-    print()
+    print("\nSelectivity (demo test split + hard-safety test kinds " + ", ".join(sorted({it.meta["kind"] for it in hard["test"]}))
+          + ", never trained on):\n\n" + sel_text + "\n")
     print(_side_by_side(test, rows, show))
     plots = _plots([{**r, "method": on_val[r["method"]][0] if r["method"] in on_val else r["method"]}
                     for r in validation.rows], layers, out_dir)
@@ -203,7 +218,8 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
               "validation": [{"method": m, "layer": layer, "alpha": a, **s} for (m, layer, a), s in val.items()],
               "splits": {k: len(v) for k, v in splits.items()}, "seconds": elapsed, "stage_seconds": stages,
               "plots": [str(p) for p in plots], "g_quality_on_validation": quality, "l2s_gate": gates,
-              "l2s_gate_cv_refit": final_l2s.gate_cv_, "targets": checks}  # type: ignore[attr-defined]
+              "l2s_gate_cv_refit": final_l2s.gate_cv_, "targets": checks,  # type: ignore[attr-defined]
+              "selectivity": sel.as_dict()}
     write_text_atomic(out_dir / "results.json", json.dumps(result, indent=2))
     write_text_atomic(out_dir / "results.md", table)
     print("\nHow well g predicts the P2S vector on the validation split:\n" + g_quality_table(quality))
@@ -251,6 +267,12 @@ def g_quality_table(quality: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _scaled(items: list[ContrastiveItem], scale: float) -> list[ContrastiveItem]:
+    """Every ``1/scale``-th item (all at ``scale >= 1``; a quick run keeps a few of each kind)."""
+    step = max(1, round(1 / scale)) if scale < 1 else 1
+    return items[::step]
+
+
 def _by_config(res: CompareResult, names: Mapping[str, tuple[str, int]]) -> dict[tuple[str, int, float], dict[str, Any]]:
     """``{(method, layer, alpha): scores}`` of the steered rows of a validation run."""
     return {(*names[r["method"]], r["alpha"]): scores(r) for r in res.rows if r["method"] in names}
@@ -272,20 +294,21 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _features(model: SteerableModel, items: list[ContrastiveItem], layers: Sequence[int], input_layer: int,
+def _features(model: SteerableModel, items: list[ContrastiveItem], layers: Sequence[int], input_layer: int | None,
               memo: dict[tuple[str, int], P2SFeatures]) -> dict[int, P2SFeatures]:
     """P2S features of ``items`` at ``layers`` (g's input at ``input_layer``), extracted once per run."""
     key = items_hash(items)
     todo = [layer for layer in layers if (key, layer) not in memo]
     if todo:
-        got = extract_p2s_layers(model, items, todo, input_layers={layer: input_layer for layer in todo},
+        got = extract_p2s_layers(model, items, todo, input_layers={layer: layer if input_layer is None else input_layer
+                                                                   for layer in todo},
                                  batch_size=DEMO_EXTRACTION_BATCH_SIZE)
         memo.update({(key, layer): f for layer, f in got.items()})
     return {layer: memo[(key, layer)] for layer in layers}
 
 
 def _fit_or_load(model: SteerableModel, groups: Sequence[list[ContrastiveItem]], layers: Sequence[int], folder: Path,
-                 g_hidden: int, g_epochs: int, input_layer: int,
+                 g_hidden: int, g_epochs: int, input_layer: int | None,
                  memo: dict[tuple[str, int], P2SFeatures]) -> dict[tuple[str, int], Steerer]:
     """The recipe's steerers per layer (:func:`~steerlib.app.recipes.demo_steerers`), fit on the items of
     all ``groups`` from one shared P2S extraction per group; saved steerers whose training items and
@@ -319,7 +342,7 @@ def _fit_or_load(model: SteerableModel, groups: Sequence[list[ContrastiveItem]],
 
 
 def _g_quality(model: SteerableModel, steerers: dict[tuple[str, int], Steerer], items: list[ContrastiveItem],
-               layers: Sequence[int], input_layer: int, path: Path,
+               layers: Sequence[int], input_layer: int | None, path: Path,
                memo: dict[tuple[str, int], P2SFeatures]) -> dict[str, Any]:
     """How well g predicts P2S on held-out (validation) items: cosine per behaviour, norm ratio."""
     key = hashlib.sha256(json.dumps([[it.id for it in items], input_layer] + [

@@ -19,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int_list, default="12,15", help="candidate layers, chosen on the validation split")
     p.add_argument("--alphas", type=comma_list(finite_float, "strength"), default="0.5,0.75",
                    help="candidate strengths, chosen on the validation split")
-    p.add_argument("--input-layer", type=nonnegative_int, default=12, help="L': the layer g reads its input from")
+    p.add_argument("--input-layer", type=nonnegative_int, default=None,
+                   help="L': the layer g reads its input from (default: the steered layer; docs/selectivity.md)")
     p.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS, help="tokens to generate")
     p.add_argument("--batch-size", type=positive_int, default=64, help="most rows per generation batch")
     p.add_argument("--batch-tokens", type=positive_int, default=4096,
@@ -44,8 +45,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     input_layer = args.input_layer
     if args.model.startswith("tiny:"):
         layers = [min(x, model.num_layers - 1) for x in layers]
-        input_layer = min(input_layer, model.num_layers - 1)
-    for flag, values in (("--layers", layers), ("--input-layer", [input_layer])):
+        input_layer = None if input_layer is None else min(input_layer, model.num_layers - 1)
+    for flag, values in (("--layers", layers), ("--input-layer", [] if input_layer is None else [input_layer])):
         bad = [v for v in values if v >= model.num_layers]
         if bad:
             from ..errors import InputError

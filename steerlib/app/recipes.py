@@ -35,8 +35,12 @@ DATA_PRESETS["pope-coco"] = DATA_PRESETS["pope"]
 DEMO_EXTRACTION_BATCH_SIZE = 16
 
 
-def demo_steerers(layer: int, *, input_layer: int, hidden: int = 64, epochs: int = 100) -> dict[str, Steerer]:
+def demo_steerers(layer: int, *, input_layer: int | None = None, hidden: int = 64,
+                  epochs: int = 100) -> dict[str, Steerer]:
     """The demo's unfitted steerers at ``layer``: ``{"mean": Mean-S, "l2s": gated L2S}``.
+
+    ``input_layer`` is g's input layer; None (the default) reads it at ``layer`` itself, which
+    separates intent from topic best (``docs/selectivity.md``).
 
     Mean-S averages the harmful and advice vectors. L2S: class balance and a strong L1 term drive
     g's output on benign inputs (target 0) towards 0 (chosen by 5-fold cross-validation on

@@ -31,6 +31,11 @@ from .p2s import P2SBased, P2SParams
 from .params import check_bool, check_int, check_real
 
 Init = Literal["svd", "dict", "random"]
+InputPosition = Literal["last_prompt", "last_prompt_no_gen", "prompt_mean"]
+"""Where g reads its input: a :data:`~steerlib.positions.SourcePosition` (one token, read inside the
+generation pass), or ``"prompt_mean"``: the mean of the input layer's states over the prompt's real
+tokens (chat template included), read by one extra prompt pass before generation."""
+INPUT_POSITIONS: tuple[str, ...] = (*SOURCE_POSITIONS, "prompt_mean")
 INITS: tuple[str, ...] = ("svd", "dict", "random")
 GATE_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 """Gate values (fractions of the mean non-zero target norm) that ``gate="cv"`` chooses from."""
@@ -40,7 +45,14 @@ SELECTIVE: dict[str, Any] = {"hidden": 64, "lr": 1e-3, "class_balance": True, "l
 target "leave unchanged" (zero P2S vectors, e.g. benign prompts). Class balance and a strong L1
 term drive g's output on those inputs towards 0, and the cross-validated gate zeroes what is left,
 so they run exactly unsteered. These are the settings ``steerlib demo`` measures; the paper's
-defaults (``L2S()``: no class balance, L1 weight 1, no gate) change benign answers too."""
+defaults (``L2S()``: no class balance, L1 weight 1, no gate) change benign answers too.
+
+Two choices outside these hyperparameters decide whether the gate reads the *intent* of a prompt
+rather than its topic words (``docs/selectivity.md``, chosen by leave-one-kind-out cross-validation
+on :mod:`steerlib.data.hard_safety`'s training kinds): read g's input at the steered layer
+(``input_layer=None``, the default; the last prompt token), and train on contrastive pairs of
+benign prompts that sound harmful (zero target) and harmful prompts with the same words (refusal
+target), e.g. ``demo_items()["train"] + hard_safety_items("train")``."""
 
 
 class SteeringNet(nn.Module):
@@ -93,8 +105,9 @@ class L2S(P2SBased):
         layer: L*, where vectors are added.
         input_layer: L', where g reads its input (default: ``layer``).
         input_position: ``"last_prompt"`` (the last prompt token, generation prompt included; the
-            paper's POPE setting) or ``"last_prompt_no_gen"`` (before the generation prompt; the
-            paper's safety setting).
+            paper's POPE setting), ``"last_prompt_no_gen"`` (before the generation prompt; the
+            paper's safety setting) or ``"prompt_mean"`` (the mean over the prompt's real tokens; one
+            extra prompt pass per generation batch). See :data:`InputPosition`.
         hidden: K, g's width.
         init: decoder initialisation, ``"svd"``, ``"dict"`` or ``"random"``.
         epochs: Adam epochs.
@@ -130,7 +143,7 @@ class L2S(P2SBased):
     _tensors = ("encoder_weight_", "encoder_bias_", "decoder_weight_")
 
     def __init__(self, layer: int = 0, *, input_layer: int | None = None,
-                 input_position: SourcePosition = "last_prompt", hidden: int = 100, init: Init = "svd",
+                 input_position: InputPosition = "last_prompt", hidden: int = 100, init: Init = "svd",
                  epochs: int = 100, lr: float = 1e-4, train_batch_size: int = 64, l1_weight: float = 1.0,
                  cos_weight: float = 0.1, cos_warmup_epochs: int = 0, val_cos_weight: float = 0.05,
                  class_balance: bool = False, val_fraction: float = 0.1, keep_best: bool = True,
@@ -202,8 +215,8 @@ class L2S(P2SBased):
         check_real(self, "val_fraction", minimum=0.0, maximum=1.0, open_max=True)
         check_bool(self, "keep_best")
         check_int(self, "warmup_epochs", minimum=0)
-        if self.input_position not in SOURCE_POSITIONS:
-            raise DataError(f"input_position must be one of {SOURCE_POSITIONS}, got {self.input_position!r}.")
+        if self.input_position not in INPUT_POSITIONS:
+            raise DataError(f"input_position must be one of {INPUT_POSITIONS}, got {self.input_position!r}.")
         if self.init not in INITS:
             raise DataError(f"init must be one of {INITS}, got {self.init!r}.")
         if self.scheduler not in ("none", "cosine"):
@@ -227,7 +240,7 @@ class L2S(P2SBased):
             )
 
     def input_read(self) -> tuple[int, SourcePosition] | None:
-        return self.source_layer, self.input_position
+        return self.source_layer, self.input_position  # type: ignore[return-value]  # read_many also takes prompt_mean
 
     def _learn(self, items: list[ContrastiveItem], z: Tensor, h: Tensor | None) -> None:
         if h is None or h.shape != z.shape:
@@ -398,11 +411,22 @@ class L2S(P2SBased):
     def intervention(self, model: SteerableModel, items: list[ContrastiveItem], batch: Batch | None = None, *,
                      alpha: float | None = None, positions: Where | None = None,
                      vectors: Float[Tensor, "batch d_model"] | None = None) -> Intervention | None:
-        """g inside the generation pass (``vectors`` is refused: L2S predicts in the same pass)."""
+        """g inside the generation pass (``vectors`` is refused: L2S predicts in the same pass).
+
+        With ``input_position="prompt_mean"`` g's input is the mean over the prompt, which a pass can
+        only know once it has read the whole prompt: the vectors come from one unsteered prompt pass
+        of ``batch`` (encoded from ``items`` when not given) that stops at the input layer."""
         if vectors is not None:
             raise DataError("L2S predicts its vectors inside the generation pass; do not pass vectors= "
                             "(vectors_depend_on_alpha is True for L2S, so a runner never reuses them).")
         a, pos = self._resolve(alpha, positions)
+        if self.input_position == "prompt_mean":
+            self.check_fitted()
+            if batch is None:
+                images = [list(it.images) for it in items]
+                batch = model.encode([it.prompt for it in items], images if any(images) else None)
+            h = model.read(batch, [self.source_layer], reduce="prompt_mean")[self.source_layer]
+            return Intervention.build(self.layer, self.predict(h.to(model.device)), alpha=a, positions=pos)
         return Intervention.build(self.layer, predictor=self._checked_predictor(a), source_layer=self.source_layer,
                                   source_position=self.input_position, alpha=a, positions=pos)
 
