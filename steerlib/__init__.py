@@ -14,6 +14,7 @@ from .version import __version__
 if TYPE_CHECKING:  # pragma: no cover
     from .adapters import Adapter, AdapterRegistry, get_adapter, register_adapter
     from .data import Chat, ContrastiveItem, demo_items
+    from .data.hard_safety import hard_safety_items
     from .engine import Batch, Generation, SteerableModel
     from .errors import SteerlibError
     from .intervention import Intervention
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 _LAZY: dict[str, str] = {
     **dict.fromkeys(("Adapter", "AdapterRegistry", "get_adapter", "register_adapter"), "steerlib.adapters"),
     **dict.fromkeys(("Chat", "ContrastiveItem", "demo_items"), "steerlib.data"),
+    "hard_safety_items": "steerlib.data.hard_safety",
     **dict.fromkeys(("Batch", "Generation", "SteerableModel"), "steerlib.engine"),
     "SteerlibError": "steerlib.errors",
     "Intervention": "steerlib.intervention",

@@ -229,3 +229,17 @@ def test_scores_of_another_judge_checkpoint_are_not_reused(sm, tmp_path):
     other = compare(sm, tc.TRAIN, tc.EVAL, ["none"], [1.0], [tc.LAYER], out_dir=out, judge=judge(1), **tc.KW)
     assert len(lines(out / rejected_file(SCORES_FILE))) == 2  # same name, other weights: scored again
     assert other.rows[0]["p_unsafe_mean"] != first.rows[0]["p_unsafe_mean"]
+
+
+def test_model_fingerprint_samples_big_tensors_up_to_their_last_element():
+    """A tensor past float32's exact integers (2**24 elements, as SmolLM2's embedding) is sampled
+    in integers: no index past the end, and its last element is part of the fingerprint."""
+    import torch
+
+    from steerlib.eval.store import model_fingerprint
+
+    m = torch.nn.Module()
+    m.w = torch.nn.Parameter(torch.zeros(2**24 + 3), requires_grad=False)
+    before = model_fingerprint(m)
+    m.w.data[-1] = 1.0
+    assert model_fingerprint(m)["weights"] != before["weights"]

@@ -141,7 +141,8 @@ def run_demo(model: SteerableModel, out_dir: Path, *, layers: Sequence[int] = (1
         stages[stage] = time.perf_counter() - t_start - sum(stages.values())
 
     n_val_configs = len(layers) * len(alphas) + len(alphas)  # L2S at every layer, Mean-S at L2S's layer
-    print(banner(model, out_dir, {k: len(v) for k, v in splits.items()}, scale), flush=True)
+    print(banner(model, out_dir, {"train": len(train), "val": len(val_items), "test": len(test),
+                                  "hard_test": len(hard["test"])}, scale), flush=True)
     print(f"[1/5] fit: Mean-S and L2S at layer(s) {', '.join(map(str, layers))} on {len(train)} training prompts "
           "(one P2S extraction, L2S's gate by 5-fold cross-validation)", flush=True)
 
@@ -244,8 +245,10 @@ def banner(model: SteerableModel, out_dir: Path, sizes: Mapping[str, int], scale
             else f"--scale {scale:g}: a fraction of {EXPECTED_TIME} at --scale 1")
     return (f"steerlib demo: input-dependent steering of {model.name} ({model!r}).\n"
             f"  Fits Mean-S and gated L2S on {sizes['train']} training prompts (harmful -> refuse, advice -> defer, "
-            f"benign -> unchanged),\n  chooses layer and alpha on {sizes['val']} validation prompts and measures on "
-            f"{sizes['test']} test prompts.\n  Expected time: {when}; a rerun reuses the cache and takes seconds. "
+            f"benign -> unchanged; with the hard-safety train kinds),\n  chooses layer and alpha on {sizes['val']} "
+            f"validation prompts and measures on {sizes['test']} test prompts"
+            + (f" and {sizes['hard_test']} hard-safety prompts of kinds never trained on" if sizes.get("hard_test") else "")
+            + f".\n  Expected time: {when}; a rerun reuses the cache and takes seconds. "
             f"Output: {out_dir}/")
 
 

@@ -362,7 +362,8 @@ def model_fingerprint(module: Any, *, samples: int = FINGERPRINT_SAMPLES) -> dic
             continue
         flat = t.reshape(-1)
         n = flat.numel()
-        idx = torch.linspace(0, n - 1, min(samples, n), device=flat.device).round().long()
+        k = min(samples, n)  # evenly spaced, in integers (a float linspace rounds past the end for big tensors)
+        idx = torch.arange(k, dtype=torch.int64, device=flat.device) * (n - 1) // max(k - 1, 1)
         part = flat[idx].cpu().contiguous()
         if part.dtype == torch.bool:
             part = part.to(torch.uint8)
