@@ -41,7 +41,7 @@ EXAMPLES = {
     "compare": "steerlib compare --model smollm2 --data text-safety --methods none,mean,p2s,l2s --alphas 0.5,1.0 "
                "--layers 15 --out runs/compare\n"
                "  steerlib compare --config runs/compare/command.toml   # rerun (resume) a folder's run",
-    "demo": "steerlib demo            # SmolLM2-135M-Instruct, offline, about 4 minutes on 2 CPU cores",
+    "demo": "steerlib demo            # SmolLM2-135M-Instruct, offline, up to 30 minutes on 2 CPU cores",
     "probe": "steerlib probe --model smollm2 --data demo --layers 9,12,15,18   # before a compare sweep",
     "weights": "steerlib weights smollm2   # build the cached safetensors copy once (make install runs it)",
     "export": "steerlib export --steerer runs/mean-L15 --out mean.gguf",
