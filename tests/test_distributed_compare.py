@@ -17,7 +17,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import test_compare as tc  # noqa: E402  (the tiny grid the resumability tests use)
+import test_compare as tc  # noqa: E402
+from test_compare import one_thread, sm  # noqa: E402,F401  (test_compare's fixtures: one thread, the tiny llama, its reference run)  (the tiny grid the resumability tests use)
 
 from steerlib import SteerableModel  # noqa: E402
 from steerlib.eval import load_result, markdown_table  # noqa: E402
@@ -90,20 +91,6 @@ def torchrun(tmp_path: Path, out: Path, *, nproc: int = 2, kill_rank: int = -1, 
            str(script), str(out), str(report), str(kill_rank), str(kill_at), *([str(second)] if second else [])]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT, check=False)
     return proc, report
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def sm():
-    t = build_tiny("llama")
-    return SteerableModel(t.model, t.processor)
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,11 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import steerlib.persistence as persistence
-from steerlib import ContrastiveItem, SteerableModel
+from steerlib import SteerableModel
 from steerlib.errors import CompatibilityError, NonFiniteError, PersistenceError, SpecialFileError, SteerlibError
 from steerlib.steerers import L2S, MeanSteer, Steerer
 from steerlib.testing import build_tiny
+from steerlib.testing.bad_inputs import toy_items as _items
 
 D = 64  # tiny llama's hidden size
 
@@ -33,12 +34,6 @@ D = 64  # tiny llama's hidden size
 def sm() -> SteerableModel:
     t = build_tiny("llama")
     return SteerableModel(t.model, t.processor)
-
-
-def _items(n: int = 6) -> list[ContrastiveItem]:
-    return [ContrastiveItem(prompt=f"Question {i} about the {'cat' if i % 2 else 'weather'}",
-                            positive="I cannot help with that.", negative="Sure, here is how.",
-                            behavior=("harmful", "benign")[i % 2]) for i in range(n)]
 
 
 @pytest.fixture(scope="module")

@@ -14,23 +14,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from steerlib import ContrastiveItem, Intervention, SteerableModel
+from steerlib import Intervention, SteerableModel
 from steerlib.errors import NonFiniteError, ParameterError, PersistenceError, SteerlibError
 from steerlib.intervention import check_scaled_finite
 from steerlib.steerers import L2S, P2S, MeanSteer, Steerer
 from steerlib.testing import build_tiny
+from steerlib.testing.bad_inputs import toy_items as _items
 
 
 @pytest.fixture(scope="module")
 def sm() -> SteerableModel:
     t = build_tiny("llama")
     return SteerableModel(t.model, t.processor)
-
-
-def _items(n: int = 6) -> list[ContrastiveItem]:
-    return [ContrastiveItem(prompt=f"Question {i} about the {'cat' if i % 2 else 'weather'}",
-                            positive="I cannot help with that.", negative="Sure, here is how.",
-                            behavior=("harmful", "benign")[i % 2]) for i in range(n)]
 
 
 @pytest.fixture(scope="module")

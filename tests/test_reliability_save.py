@@ -18,22 +18,17 @@ import pytest
 import torch
 
 import steerlib.persistence as persistence
-from steerlib import ContrastiveItem, SteerableModel
+from steerlib import SteerableModel
 from steerlib.errors import ConcurrentWriteError, NonFiniteError, PersistenceError, SteerlibError
 from steerlib.steerers import L2S, MeanSteer, Steerer
 from steerlib.testing import build_tiny
+from steerlib.testing.bad_inputs import toy_items as _items
 
 
 @pytest.fixture(scope="module")
 def sm() -> SteerableModel:
     t = build_tiny("llama")
     return SteerableModel(t.model, t.processor)
-
-
-def _items(n: int = 6) -> list[ContrastiveItem]:
-    return [ContrastiveItem(prompt=f"Question {i} about the {'cat' if i % 2 else 'weather'}",
-                            positive="I cannot help with that.", negative="Sure, here is how.",
-                            behavior=("harmful", "benign")[i % 2]) for i in range(n)]
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent))
 import test_compare as tc  # noqa: E402
+from test_compare import one_thread, reference, sm  # noqa: E402,F401  (test_compare's fixtures: one thread, the tiny llama, its reference run)
 
 from steerlib import SteerableModel  # noqa: E402
 from steerlib.eval import load_result  # noqa: E402
@@ -38,25 +39,6 @@ from steerlib.eval.store import (  # noqa: E402
 from steerlib.testing import build_tiny  # noqa: E402
 
 TOTAL = tc.N_SPECS * len(tc.EVAL)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def sm():
-    t = build_tiny("llama")
-    return SteerableModel(t.model, t.processor)
-
-
-@pytest.fixture(scope="module")
-def reference(sm, tmp_path_factory):
-    return tc.run_tiny(sm, tmp_path_factory.mktemp("reference"))
 
 
 def lines(path: Path) -> list[dict]:

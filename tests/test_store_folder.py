@@ -14,38 +14,17 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import test_compare as tc  # noqa: E402
+from test_compare import one_thread, reference, sm  # noqa: E402,F401  (test_compare's fixtures: one thread, the tiny llama, its reference run)
 
-from steerlib import SteerableModel  # noqa: E402
 from steerlib.errors import PersistenceError, SteerlibError  # noqa: E402
 from steerlib.eval.compare import CACHE_FILE, RUN_FILE, compare  # noqa: E402
 from steerlib.eval.store import LOCK_FILE, folder_lock  # noqa: E402
-from steerlib.testing import build_tiny  # noqa: E402
 
 TOTAL = tc.N_SPECS * len(tc.EVAL)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def sm():
-    t = build_tiny("llama")
-    return SteerableModel(t.model, t.processor)
-
-
-@pytest.fixture(scope="module")
-def reference(sm, tmp_path_factory):
-    return tc.run_tiny(sm, tmp_path_factory.mktemp("reference"))
 
 
 def tree(path: Path) -> dict[str, bytes]:

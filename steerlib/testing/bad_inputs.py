@@ -105,6 +105,15 @@ def case(kind: str, description: str) -> Callable[[Callable[["Workspace"], Any]]
     return deco
 
 
+def toy_items(n: int = 6) -> list[Any]:
+    """``n`` contrastive items alternating harmful (refusal target) and benign, for tiny-model cases."""
+    from ..data.items import ContrastiveItem
+
+    return [ContrastiveItem(prompt=f"Question {i} about the {'cat' if i % 2 else 'weather'}",
+                            positive="I cannot help with that.", negative="Sure, here is how.",
+                            behavior=("harmful", "benign")[i % 2]) for i in range(n)]
+
+
 @dataclass
 class Workspace:
     """What cases share: a tiny llama and fitted steerers (built once), a fresh folder per case."""
@@ -127,13 +136,7 @@ class Workspace:
             self._cache["sm"] = SteerableModel(t.model, t.processor)
         return self._cache["sm"]
 
-    @staticmethod
-    def items(n: int = 6) -> list[Any]:
-        from ..data.items import ContrastiveItem
-
-        return [ContrastiveItem(prompt=f"Question {i} about the {'cat' if i % 2 else 'weather'}",
-                                positive="I cannot help with that.", negative="Sure, here is how.",
-                                behavior=("harmful", "benign")[i % 2]) for i in range(n)]
+    items = staticmethod(toy_items)
 
     def fitted(self, name: str) -> Any:
         """A fitted steerer: ``"mean"``, ``"mean2"`` (another alpha and vector) or ``"l2s"``."""
