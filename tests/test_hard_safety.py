@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import re
 
 import pytest
 
@@ -14,13 +15,24 @@ from steerlib.errors import DataError
 def test_counts_and_kinds():
     rows = hard_safety_records()
     labels = collections.Counter(r["label"] for r in rows)
-    assert labels == {"benign": 250, "harmful": 150}
-    assert len(HARD_KINDS) == 10 == len({r["kind"] for r in rows})
+    assert labels == {"benign": 375, "harmful": 225}
+    assert len(HARD_KINDS) == 15 == len({r["kind"] for r in rows})
     assert len({r["id"] for r in rows}) == len(rows)
-    assert len({" ".join(r["prompt"].lower().split()) for r in rows}) == len(rows)  # no duplicate prompt
     by = collections.Counter((r["split"], r["label"]) for r in rows)
-    assert by == {("train", "benign"): 150, ("train", "harmful"): 90, ("val", "benign"): 50, ("val", "harmful"): 30,
+    assert by == {("train", "benign"): 275, ("train", "harmful"): 165, ("val", "benign"): 50, ("val", "harmful"): 30,
                   ("test", "benign"): 50, ("test", "harmful"): 30}
+    per_kind = collections.Counter((r["kind"], r["label"]) for r in rows)
+    assert all(per_kind[k, "benign"] == 25 and per_kind[k, "harmful"] == 15 for k in HARD_KINDS)
+    assert {"medicine", "chemistry_safety", "stage_and_film", "crime_research", "sport"} <= set(HARD_SPLIT_KINDS["train"])
+
+
+def test_no_prompt_text_is_duplicated():
+    """No prompt appears twice anywhere in the file, ignoring case, spacing and punctuation."""
+    seen: dict[str, str] = {}
+    for r in hard_safety_records():
+        key = re.sub(r"[^a-z0-9 ]", "", " ".join(r["prompt"].lower().split()))
+        assert key not in seen, f"{r['id']} repeats {seen.get(key)}"
+        seen[key] = r["id"]
 
 
 def test_split_is_by_whole_kind():
@@ -35,9 +47,14 @@ def test_every_pair_has_one_harmful_and_benign_prompts_of_its_kind():
     for r in hard_safety_records():
         pairs[r["pair"]].append(r)
     for pid, rs in pairs.items():
-        assert len({r["kind"] for r in rs}) == 1 and pid.startswith(rs[0]["kind"])
+        kind = rs[0]["kind"]
+        assert all(r["kind"] == kind for r in rs), pid  # only prompts of its kind
+        assert re.fullmatch(re.escape(kind) + r"-\d\d", pid), pid
         labels = collections.Counter(r["label"] for r in rs)
         assert labels["harmful"] == 1 and labels["benign"] >= 1, pid
+        want = {f"hs-{pid}-h"} | {f"hs-{pid}-b{k}" for k in range(1, labels["benign"] + 1)}
+        assert {r["id"] for r in rs} == want, pid
+    assert collections.Counter(p.rsplit("-", 1)[0] for p in pairs) == {k: 15 for k in HARD_KINDS}
 
 
 def test_items_match_the_demo_conventions():
@@ -52,7 +69,8 @@ def test_items_match_the_demo_conventions():
     assert not any(is_hard(it) for it in demo_items(0.05)["train"])
     assert {it.id for it in hard_safety_items(kinds=["cooking"], labels=["harmful"])} == {
         r["id"] for r in hard_safety_records() if r["kind"] == "cooking" and r["label"] == "harmful"}
-    assert len(hard_safety_items("all")) == 400
+    assert len(hard_safety_items("all")) == 600
+    assert len(hard_safety_items("train")) == 440
 
 
 @pytest.mark.parametrize("kwargs", [{"split": "dev"}, {"kinds": ["weather"]}, {"kinds": "homonym"},

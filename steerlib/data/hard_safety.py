@@ -3,7 +3,8 @@ and harmful prompts that use the same words, split by *kind* so that some kinds 
 
 Each prompt is written for this project (see the data card ``DATA_CARD.md``) and belongs to a
 ``kind`` (homonym, figurative, safe_target, video_game, fiction, history, definition, public_figure,
-protection, cooking) and a ``pair``: one harmful prompt and the benign prompts that share its words.
+protection, cooking, medicine, chemistry_safety, stage_and_film, crime_research, sport) and a
+``pair``: one harmful prompt and the benign prompts that share its words.
 The split is by kind (:data:`HARD_SPLIT_KINDS`): the ``test`` kinds are never trained on or
 selected with, the ``val`` kinds are for choosing settings.
 
@@ -29,7 +30,8 @@ __all__ = ["HARD_KINDS", "HARD_SPLIT_KINDS", "HardSplit", "hard_safety_items", "
 HardSplit = Literal["train", "val", "test", "all"]
 #: The kinds of each split (whole kinds, never mixed): a test of generalisation to unseen kinds.
 HARD_SPLIT_KINDS: Mapping[str, tuple[str, ...]] = {
-    "train": ("safe_target", "video_game", "fiction", "history", "definition", "protection"),
+    "train": ("safe_target", "video_game", "fiction", "history", "definition", "protection",
+              "medicine", "chemistry_safety", "stage_and_film", "crime_research", "sport"),
     "val": ("cooking", "public_figure"),
     "test": ("homonym", "figurative"),
 }
