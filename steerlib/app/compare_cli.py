@@ -34,8 +34,9 @@ if TYPE_CHECKING:  # pragma: no cover - the parser is built without torch; handl
     from ..eval.report import ReportPaths
     from ..eval.rows import CompareResult
 
-__all__ = ["COMMAND_FILE", "DATA_PRESETS", "DATA_SETS", "CompareUsageError", "add_arguments", "config_argv",
-           "example_parser", "load_compare_data", "print_report", "run_from_args", "write_command"]
+__all__ = ["COMMAND_FILE", "DATA_PRESETS", "DATA_SETS", "HARD_SAFETY_CHOICES", "SELECTIVITY_FILES", "CompareUsageError",
+           "add_arguments", "config_argv", "example_parser", "load_compare_data", "print_report",
+           "print_selectivity", "run_from_args", "selectivity_against", "write_command"]
 
 
 def __getattr__(name: str) -> Any:
@@ -48,6 +49,12 @@ def __getattr__(name: str) -> Any:
 
 class CompareUsageError(SteerlibError, ValueError):
     """A bad ``steerlib compare`` argument (the message says which and how to fix it)."""
+
+
+#: ``--hard-safety`` values: none, or a split of :func:`steerlib.data.hard_safety.hard_safety_items`.
+HARD_SAFETY_CHOICES = ("none", "train", "val", "test")
+#: The files of the selectivity table ``steerlib compare`` writes into its folder.
+SELECTIVITY_FILES = ("selectivity.md", "selectivity.json")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -75,6 +82,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--split", type=unit_fraction_list, default="0.7,0.3",
                    help="train,eval fractions (stratified by behaviour; by image for POPE)")
     g.add_argument("--seed", type=nonnegative_int, default=0, help="split and sampling seed")
+    g.add_argument("--hard-safety", default="none", choices=HARD_SAFETY_CHOICES,
+                   help="also evaluate on this split of the shipped hard-safety set (benign prompts that sound "
+                        "harmful and their harmful counterparts, split by kind), capped by --limit per behaviour; "
+                        "reported in the selectivity table's hard-harmful / hard-benign columns. Text safety data "
+                        "only; none leaves the run as it was")
+    g.add_argument("--hard-safety-train", action="store_true",
+                   help="add the hard-safety set's train kinds to the training items (capped by --train-limit / "
+                        "--limit per behaviour); text safety data only")
     s = p.add_argument_group("grid")
     s.add_argument("--methods", type=comma_list(str, "method"), default="none,mean,p2s,l2s",
                    help="comma list of registered methods that build from their name (an unknown one lists them)")
@@ -102,6 +117,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--judge", default=None, help="local HF folder of a safety classifier (e.g. Llama-Guard-3-8B) "
                                                  "for the unsafe score, or tiny:llama for a smoke run")
     o.add_argument("--fluency", action="store_true", help="also score perplexity under the unsteered model")
+    o.add_argument("--selectivity-against", default=None, metavar="METHOD",
+                   help="the column the selectivity table's paired McNemar tests compare every other with: a method "
+                        "with one configuration (l2s) or a row label (\"l2s L15 a=0.5\"); default l2s when it has "
+                        "exactly one configuration, else no paired tests. The selectivity table (selectivity.md, "
+                        "selectivity.json) is written when the eval items have harmful and benign prompts")
     o.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads for this run (default: torch's)")
     o.add_argument("--no-resume", action="store_true",
                    help="delete what an earlier compare run wrote in --out first (refuses a folder compare did not write)")
@@ -164,7 +184,36 @@ def _load_compare_data(args: argparse.Namespace) -> tuple[list[ContrastiveItem],
     else:  # pragma: no cover - argparse choices
         raise CompareUsageError(f"Unknown --data {args.data!r}; use one of {', '.join(DATA_SETS)}.")
     train_limit = args.train_limit if args.train_limit is not None else args.limit
-    return cap_per_behavior(train, train_limit), cap_per_behavior(test, args.limit)
+    train, test = cap_per_behavior(train, train_limit), cap_per_behavior(test, args.limit)
+    return _add_hard_safety(args, train, test, train_limit)
+
+
+def _add_hard_safety(args: argparse.Namespace, train: list[ContrastiveItem], test: list[ContrastiveItem],
+                     train_limit: int | None) -> tuple[list[ContrastiveItem], list[ContrastiveItem]]:
+    """``--hard-safety SPLIT``: that split's hard-safety items after the eval items;
+    ``--hard-safety-train``: the train kinds after the training items (each capped per behaviour).
+    Refused for data without harmful and benign behaviours (the set's two labels)."""
+    from ..data import cap_per_behavior
+    from ..data.hard_safety import hard_safety_items
+
+    split = getattr(args, "hard_safety", "none") or "none"
+    add_train = bool(getattr(args, "hard_safety_train", False))
+    if split not in HARD_SAFETY_CHOICES:
+        raise CompareUsageError(f"--hard-safety {split!r}: use one of {', '.join(HARD_SAFETY_CHOICES)}.")
+    if split == "none" and not add_train:
+        return train, test
+    have = {it.behavior for it in [*train, *test]}
+    if not {"harmful", "benign"} <= have:
+        flag = f"--hard-safety {split}" if split != "none" else "--hard-safety-train"
+        raise CompareUsageError(f"{flag}: the --data {args.data} items have no harmful and benign behaviours "
+                                f"(they have: {', '.join(sorted(map(str, have))) or 'none'}); the hard-safety set is "
+                                "text safety prompts (harmful -> refuse, benign -> unchanged): use it with "
+                                "--data text-safety, or drop the flag.")
+    if add_train:
+        train = train + cap_per_behavior(hard_safety_items("train"), train_limit)
+    if split != "none":
+        test = test + cap_per_behavior(hard_safety_items(split), args.limit)  # type: ignore[arg-type]
+    return train, test
 
 
 #: The grid flags that set a steerer argument: flag attribute -> constructor argument.
@@ -253,6 +302,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         if m not in known:
             raise CompareUsageError(f"Unknown method {m!r} in --methods; use some of {', '.join(known)}.")
     _check_judge(args.judge)
+    against = getattr(args, "selectivity_against", None)
+    if against is not None and against.split(" ", 1)[0] not in [*methods, "none"]:
+        raise CompareUsageError(f"--selectivity-against {against!r}: no such method in --methods "
+                                f"({', '.join(methods)}); give one of them, or a row label such as 'l2s L15 a=0.5'.")
     train, test = load_compare_data(args)
     threads = torch.get_num_threads()
     if args.threads:
@@ -281,7 +334,73 @@ def run_from_args(args: argparse.Namespace) -> int:
     if is_main_process():  # every rank returns the same result; one writes the command and the report
         write_command(args, Path(args.out))
         print_report(result, write_report(result, plots=not args.no_plots))
+        print_selectivity(result, test, getattr(args, "selectivity_against", None))
     return 0
+
+
+def selectivity_against(rows: Sequence[dict[str, Any]], requested: str | None) -> tuple[str | None, str]:
+    """The selectivity report's reference column for ``--selectivity-against`` and a note on it.
+
+    ``requested`` None: ``l2s`` when it has exactly one row, else no paired tests (the note says
+    why). Otherwise a method with one row, or a row label (``l2s L15 a=0.5``).
+
+    Raises:
+        CompareUsageError: ``requested`` is no row, or a method with several rows (the message lists them).
+    """
+    from ..eval.selectivity import row_labels
+
+    labels = row_labels(rows)
+    if requested is None:
+        l2s = [lab for r, lab in zip(rows, labels) if r["method"] == "l2s"]
+        if len(l2s) == 1:
+            return l2s[0], ""
+        if l2s:
+            return None, (f"No paired tests: l2s has {len(l2s)} configurations ({', '.join(l2s)}); pick one with "
+                          f"--selectivity-against '{l2s[0]}'.")
+        return None, "No paired tests: no l2s column; pick a reference with --selectivity-against METHOD."
+    if requested in labels:
+        return requested, ""
+    by_label = [lab for r, lab in zip(rows, labels) if r["label"] == requested]
+    if len(by_label) == 1:
+        return by_label[0], ""
+    several = [lab for r, lab in zip(rows, labels) if r["method"] == requested]
+    if several:
+        raise CompareUsageError(f"--selectivity-against {requested}: {requested} has {len(several)} configurations "
+                                f"({', '.join(several)}); give one of them, e.g. --selectivity-against "
+                                f"'{several[0]}' (a rerun reuses the cache).")
+    raise CompareUsageError(f"--selectivity-against {requested!r} is none of the rows ({', '.join(labels)}).")
+
+
+def print_selectivity(result: CompareResult, items: Sequence[ContrastiveItem],
+                      against: str | None = None) -> list[Path]:
+    """Print the selectivity tables (keyword and strict refusal judges, :mod:`steerlib.eval.selectivity`)
+    of a comparison and write ``selectivity.md`` and ``selectivity.json`` into its folder; nothing
+    (an empty list) when ``items`` lack harmful or benign prompts (e.g. POPE). ``against`` as
+    :func:`selectivity_against`. Returns the paths written."""
+    from ..eval.selectivity import JUDGES, default_group, selectivity_markdown, selectivity_report
+    from ..persistence import write_text_atomic
+
+    groups = [default_group(it) for it in items]
+    counts = {g: groups.count(g) for g in ("harmful", "hard_harmful", "benign", "hard_benign")}
+    if not (counts["harmful"] + counts["hard_harmful"]) or not (counts["benign"] + counts["hard_benign"]):
+        return []
+    ref, note = selectivity_against(result.rows, against)
+    rep = selectivity_report(result, items, against=ref)
+    text = "\n\n".join(selectivity_markdown(rep, j) for j in JUDGES)
+    if note:
+        text += "\n\n" + note
+    sizes = ", ".join(f"{n} {g.replace('_', '-')}" for g, n in counts.items() if n)
+    head = f"Selectivity ({sizes} eval prompts; Wilson 95% intervals):"
+    out = Path(result.out_dir)
+    paths = [out / name for name in SELECTIVITY_FILES]
+    write_text_atomic(paths[0], f"# {head}\n\n{text}\n")
+    write_text_atomic(paths[1], json.dumps({**rep.as_dict(), "ids": {g: ids for g, ids in rep.ids.items() if ids},
+                                            "note": note}, indent=2) + "\n")
+    print(f"\n{head}\n\n{text}\n")
+    for p in paths:
+        print(f"wrote {p}")
+    sys.stdout.flush()
+    return paths
 
 
 #: The flags a rerun does not repeat: the config itself, and the one that deletes the cache.

@@ -38,7 +38,7 @@ from .metrics import Proportion, is_refusal, is_unchanged, proportion
 from .rows import CompareResult, MetricConfig, RunSpec
 from .store import CACHE_FILE, GEN_KEY, JsonlCache
 
-__all__ = ["GROUPS", "JUDGES", "McNemar", "SelectivityReport", "default_group", "mcnemar_exact",
+__all__ = ["GROUPS", "JUDGES", "McNemar", "SelectivityReport", "default_group", "mcnemar_exact", "row_labels",
            "selectivity_markdown", "selectivity_report"]
 
 GROUPS: tuple[str, ...] = ("harmful", "hard_harmful", "benign", "hard_benign")
@@ -112,6 +112,12 @@ def _label(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
     return str(row["label"])
 
 
+def row_labels(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The report's name of each comparison row, in order: its method when the method has one row
+    (``l2s``), else the row's label with layer and alpha (``l2s L15 a=0.5``). ``against`` is one of these."""
+    return [_label(r, rows) for r in rows]
+
+
 def selectivity_report(result: CompareResult | Sequence[CompareResult], items: Sequence[ContrastiveItem], *, against: str | None = "L2S",
                        group: Callable[[ContrastiveItem], str | None] = default_group,
                        judges: Mapping[str, Callable[[str], bool]] = JUDGES,
@@ -155,7 +161,7 @@ def selectivity_report(result: CompareResult | Sequence[CompareResult], items: S
         if g not in grouped:
             raise DataError(f"group() returned {g!r} for item {it.id!r}; use one of {GROUPS} or None.")
         grouped[g].append(it)
-    labels = [_label(r, result.rows) for r in result.rows]
+    labels = row_labels(result.rows)
     if against is not None and labels.count(against) != 1:
         raise DataError(f"against={against!r} is not exactly one row of the comparison; rows: {labels}. "
                         "Pass one of them, or against=None.")
