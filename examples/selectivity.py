@@ -8,9 +8,9 @@ Three steps (``docs/selectivity.md`` gives the reasons and the figures):
 ``select``    scores candidate recipes on those features by leave-one-kind-out cross-validation over
               the hard set's *training* kinds (the demo's training items always in): does g's gate
               (or the classifier) decide "steer" for harmful and "leave" for benign prompts of the
-              held-out kind? AUC of g's output norm, balanced accuracy of the decision.
-``validate``  the finalists' gate decisions on the validation kinds (fitted on train, the recipe's
-              own cross-validated gate): the choice.
+              held-out kind? AUC of g's output norm, balanced accuracy of the decision; then each
+              candidate fitted on all training items, on the validation kinds; the choice by
+              :func:`choose`'s rule.
 ``measure``   fits the finalists on train, generates on the validation kinds (choice), refits on
               train + validation and generates once on the test kinds (never trained on or chosen
               with) and the demo's test split; prints the selectivity table (both refusal judges,
@@ -18,14 +18,12 @@ Three steps (``docs/selectivity.md`` gives the reasons and the figures):
 
     python examples/selectivity.py features --out runs/selectivity
     python examples/selectivity.py select --out runs/selectivity
-    python examples/selectivity.py validate --out runs/selectivity
     python examples/selectivity.py measure --out runs/selectivity
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import time
@@ -45,6 +43,7 @@ from steerlib.data.items import ContrastiveItem
 from steerlib.eval.compare import compare
 from steerlib.eval.rows import MetricConfig
 from steerlib.eval.selectivity import selectivity_markdown, selectivity_report
+from steerlib.progress import tqdm
 from steerlib.steerers import L2S, ClassifySteer, MeanSteer, NoSteer, Steerer, extract_p2s_layers
 
 LAYERS = (6, 9, 12, 15, 18, 21)
@@ -96,6 +95,10 @@ def _auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
     return float(((d > 0).float() + 0.5 * (d == 0).float()).mean())
 
 
+FIRST_TRAIN_KINDS = ("safe_target", "video_game", "fiction", "history", "definition", "protection")
+"""The hard set's training kinds before issue 22's second round of data (the previous landing's recipe)."""
+
+
 def _decider(method: str, h: torch.Tensor, z: torch.Tensor, beh: list[str], **kw: Any) -> tuple[Any, Any]:
     """(steer?(h) -> bool[n], score(h) -> float[n]) of one candidate fitted on (h, z, beh)."""
     if method == "classify":
@@ -110,111 +113,133 @@ def _decider(method: str, h: torch.Tensor, z: torch.Tensor, beh: list[str], **kw
     return (lambda x: g.predict(x).norm(dim=-1) > 0), (lambda x: g.net_(x).norm(dim=-1))
 
 
+def _hard_train(meta: list[dict[str, Any]], mix: str, leave_out: str | None = None) -> list[int]:
+    """Indices of the hard training items a mix uses ("demo": none; "demo+hard6": the first six kinds;
+    "demo+hard": every training kind), without the kind ``leave_out``."""
+    kinds = {"demo": (), "demo+hard6": FIRST_TRAIN_KINDS, "demo+hard": HARD_SPLIT_KINDS["train"]}[mix]
+    return [i for i, m in enumerate(meta) if m["group"] == "hard-train" and m["kind"] in kinds and m["kind"] != leave_out]
+
+
 def select(t: dict[str, torch.Tensor], meta: list[dict[str, Any]], out: Path, candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Leave-one-kind-out CV over the hard set's training kinds (demo train always in the training set)."""
+    """Leave-one-kind-out CV over the hard set's training kinds (demo train always in the training set):
+    per held-out kind, the share of its harmful prompts the candidate steers and of its benign prompts
+    it leaves alone, and the AUC of its score; then the same candidate fitted on all the training items
+    on the validation kinds (cooking, public figures) and the demo's validation split."""
     beh = [m["behavior"] for m in meta]
     z = t[f"z_L{STEER_LAYER}"]
     demo_train = [i for i, m in enumerate(meta) if m["group"] == "demo-train"]
     hard_train = [i for i, m in enumerate(meta) if m["group"] == "hard-train"]
     rows = []
-    for cand in candidates:
+    for cand in tqdm(candidates, desc="select", unit="candidate"):
         t0 = time.perf_counter()
         cand = dict(cand)
         method, layer, pos, mix = cand.pop("method"), cand.pop("input_layer"), cand.pop("position"), cand.pop("mix")
         h = t[f"h_L{layer}_{pos}"]
         folds = []
         for kind in HARD_SPLIT_KINDS["train"]:
-            tr = demo_train + ([i for i in hard_train if meta[i]["kind"] != kind] if mix == "demo+hard" else [])
+            tr = demo_train + _hard_train(meta, mix, leave_out=kind)
             ev = [i for i in hard_train if meta[i]["kind"] == kind]
             steer, score = _decider(method, h[tr], z[tr], [beh[i] for i in tr], **cand)
             y = torch.tensor([beh[i] != "benign" for i in ev])
             on, sc = steer(h[ev]), score(h[ev])
             folds.append({"steer_harmful": float(on[y].float().mean()), "leave_benign": float((~on[~y]).float().mean()),
                           "auc": _auc(sc[y], sc[~y])})
-        rec = {"method": method, "input_layer": layer, "position": pos, "mix": mix, "params": cand,
-               **{k: sum(f[k] for f in folds) / len(folds) for k in folds[0]}}
+        rec: dict[str, Any] = {"method": method, "input_layer": layer, "position": pos, "mix": mix, "params": cand,
+                               **{k: sum(f[k] for f in folds) / len(folds) for k in folds[0]}}
         rec["balanced_accuracy"] = (rec["steer_harmful"] + rec["leave_benign"]) / 2
         rec["worst_kind_balanced_accuracy"] = min((f["steer_harmful"] + f["leave_benign"]) / 2 for f in folds)
+        tr = demo_train + _hard_train(meta, mix)
+        steer, _ = _decider(method, h[tr], z[tr], [beh[i] for i in tr], **cand)
+        for grp, label in (("hard-val", "benign"), ("hard-val", "harmful"), ("demo-val", "benign"), ("demo-val", "harmful")):
+            idx = [i for i, m in enumerate(meta) if m["group"] == grp and beh[i] == label]
+            rec[f"{grp} {label} steered"] = float(steer(h[idx]).float().mean())
         rec["seconds"] = time.perf_counter() - t0
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in rec.items()}), flush=True)
         rows.append(rec)
     (out / "select.json").write_text(json.dumps(rows, indent=1))
+    print(select_markdown(rows))
     return rows
 
 
-DEFAULT_CANDIDATES = (
-    [{"method": m, "input_layer": la, "position": p, "mix": "demo+hard", "gate": 0.5}
-     for m, la, p in itertools.product(("l2s",), (9, 12, 15, 18), POSITIONS)]
-    + [{"method": "l2s", "input_layer": 21, "position": p, "mix": "demo+hard", "gate": 0.5}
-       for p in ("last_prompt", "last_prompt_no_gen")]
-    + [{"method": "l2s", "input_layer": la, "position": "last_prompt", "mix": "demo", "gate": 0.5} for la in (12, 15)]
-    + [{"method": "classify", "input_layer": la, "position": p, "mix": "demo+hard"}
-       for la, p in itertools.product((9, 12, 15), POSITIONS)]
+def choose(rows: list[dict[str, Any]], min_harmful: float = 0.9) -> dict[str, Any] | None:
+    """The rule the recipe was chosen by, written before the test kinds were measured: among the L2S
+    candidates whose cross-validated harmful-steered share and validation hard-harmful-steered share are
+    both >= ``min_harmful`` (a margin above the issue's 0.85), the one that leaves the most held-out-kind
+    benign prompts alone (cross-validation), ties to the higher balanced accuracy; None if none qualifies."""
+    ok = [r for r in rows if r["method"] == "l2s" and r["steer_harmful"] >= min_harmful
+          and r["hard-val harmful steered"] >= min_harmful]
+    if not ok:
+        return None
+    return max(ok, key=lambda r: (round(r["leave_benign"], 6), round(r["balanced_accuracy"], 6)))
+
+
+def select_markdown(rows: list[dict[str, Any]]) -> str:
+    """The selection table (cross-validation over the training kinds, then the validation kinds)."""
+    best = choose(rows)
+    head = ("| g / classifier | input layer | position | training mix | gate cost | CV harmful steered | CV hard-benign "
+            "left | CV AUC | CV balanced acc. | worst kind | val hard-benign steered | val hard-harmful steered | "
+            "val benign steered | val harmful steered |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        name = "L2S" if r["method"] == "l2s" else "classify"
+        cells = [name, str(r["input_layer"]), r["position"].replace("_", " "), r["mix"],
+                 str(r["params"].get("gate_cost", 1.0)) if r["method"] == "l2s" else "-"]
+        cells += [f"{r[k]:.2f}" if k != "auc" else f"{r[k]:.3f}" for k in
+                  ("steer_harmful", "leave_benign", "auc", "balanced_accuracy", "worst_kind_balanced_accuracy",
+                   "hard-val benign steered", "hard-val harmful steered", "demo-val benign steered",
+                   "demo-val harmful steered")]
+        if r is best:
+            cells = [f"**{c}**" for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+DEFAULT_CANDIDATES = (  # gate_cost pinned: the table in docs/selectivity.md was run with these values
+    [{"method": "l2s", "input_layer": la, "position": "last_prompt", "mix": "demo", "gate_cost": 1.0} for la in (12, 15)]
+    + [{"method": "l2s", "input_layer": 15, "position": "last_prompt", "mix": "demo+hard6", "gate_cost": 1.0}]
+    + [{"method": "l2s", "input_layer": 15, "position": "last_prompt", "mix": "demo+hard", "gate_cost": c}
+       for c in (1.0, 2.0, 3.0, 4.0)]
+    + [{"method": "l2s", "input_layer": la, "position": p, "mix": "demo+hard", "gate_cost": 1.0}
+       for la, p in ((12, "last_prompt"), (18, "last_prompt"), (15, "last_prompt_no_gen"), (15, "prompt_mean"))]
+    + [{"method": "classify", "input_layer": 15, "position": "last_prompt", "mix": "demo+hard"}]
 )
-
-
-FINALISTS = {  # name -> (method, g's input layer, training groups)
-    "L2S demo recipe (in 12, demo train)": ("l2s", 12, ("demo-train",)),
-    "L2S in 12 + hard train": ("l2s", 12, ("demo-train", "hard-train")),
-    "L2S in 15, demo train": ("l2s", 15, ("demo-train",)),
-    "L2S in 15 + hard train": ("l2s", 15, ("demo-train", "hard-train")),
-    "classify in 15 + hard train": ("classify", 15, ("demo-train", "hard-train")),
-}
-
-
-def validate(t: dict[str, torch.Tensor], meta: list[dict[str, Any]], out: Path) -> dict[str, Any]:
-    """The finalists (the recipe's own cross-validated gate), fitted on train, on the validation kinds and
-    the demo's validation split: the share of each group that the gate (or classifier) steers."""
-    beh = [m["behavior"] for m in meta]
-    z = t[f"z_L{STEER_LAYER}"]
-    res: dict[str, Any] = {}
-    for name, (method, layer, groups) in FINALISTS.items():
-        tr = [i for i, m in enumerate(meta) if m["group"] in groups]
-        h = t[f"h_L{layer}_last_prompt"]
-        rec: dict[str, Any] = {}
-        if method == "l2s":
-            g = L2S.selective(STEER_LAYER, input_layer=layer, progress=False).fit_features(h[tr], z[tr], [beh[i] for i in tr])
-            rec["gate"] = g.gate_
-            steer = lambda x, g=g: g.predict(x).norm(dim=-1) > 0  # noqa: E731
-        else:
-            c = ClassifySteer(STEER_LAYER, progress=False).fit_features(h[tr], z[tr], [beh[i] for i in tr])
-            ben = c.classes_.index("benign")
-            steer = lambda x, c=c, ben=ben: (x.double() @ c.weight_.T + c.bias_).argmax(-1) != ben  # noqa: E731
-        for grp, label in (("hard-val", "benign"), ("hard-val", "harmful"), ("demo-val", "benign"),
-                           ("demo-val", "harmful"), ("demo-val", "advice")):
-            idx = [i for i, m in enumerate(meta) if m["group"] == grp and beh[i] == label]
-            rec[f"{grp} {label} steered"] = round(float(steer(h[idx]).float().mean()), 3)
-        res[name] = rec
-        print(name, json.dumps(rec), flush=True)
-    (out / "validation_gate.json").write_text(json.dumps(res, indent=1))
-    return res
 
 
 # --------------------------------------------------------------------------------------- measure
 def _fit(model: SteerableModel, st: Steerer, t: dict[str, torch.Tensor], meta: list[dict[str, Any]],
          items: dict[str, ContrastiveItem], groups: tuple[str, ...], input_layer: int | None,
-         position: str = "last_prompt") -> Steerer:
-    """Fit ``st`` from the cached features of the items in ``groups``."""
-    idx = [i for i, m in enumerate(meta) if m["group"] in groups]
+         position: str = "last_prompt", hard_kinds: tuple[str, ...] | None = None) -> Steerer:
+    """Fit ``st`` from the cached features of the items in ``groups`` (hard items: only ``hard_kinds``
+    when given)."""
+    idx = [i for i, m in enumerate(meta) if m["group"] in groups
+           and (hard_kinds is None or not m["group"].startswith("hard") or m["kind"] in hard_kinds)]
     z = t[f"z_L{st.layer}"][idx]
     h = t[f"h_L{input_layer}_{position}"][idx] if input_layer is not None else None
     return st.fit_from_p2s(model, [items[meta[i]["id"]] for i in idx], z, h)  # type: ignore[attr-defined]
 
 
-def recipes() -> dict[str, tuple[Any, tuple[str, ...], int | None]]:
-    """name -> (unfitted steerer factory, extra training groups besides the demo's, g's input layer)."""
+def recipes() -> dict[str, tuple[Any, tuple[str, ...], int | None, tuple[str, ...] | None]]:
+    """name -> (unfitted steerer factory, extra training groups besides the demo's, g's input layer,
+    the hard kinds used (None: all of the groups'))."""
+    first = (*FIRST_TRAIN_KINDS, *HARD_SPLIT_KINDS["val"])
     return {
-        "Mean-S": (lambda: MeanSteer(STEER_LAYER, behaviors=["harmful", "advice"], progress=False), (), None),
-        "L2S (demo recipe)": (lambda: L2S.selective(STEER_LAYER, input_layer=12, progress=False), (), 12),
-        "L2S": (lambda: L2S.selective(STEER_LAYER, input_layer=STEER_LAYER, progress=False), ("hard",), STEER_LAYER),
+        "Mean-S": (lambda: MeanSteer(STEER_LAYER, behaviors=["harmful", "advice"], progress=False), (), None, None),
+        # the recipe when issue 22 was filed: g reads layer 12, trained on the demo's items only
+        "L2S (issue recipe)": (lambda: L2S.selective(STEER_LAYER, input_layer=12, gate_cost=1.0, progress=False),
+                               (), 12, None),
+        # the previous landing: g reads the steered layer, + the first six hard kinds, balanced gate
+        "L2S (last landing)": (lambda: L2S.selective(STEER_LAYER, gate_cost=1.0, progress=False), ("hard",),
+                               STEER_LAYER, first),
+        # the chosen recipe: L2S.selective's defaults, + every hard training kind
+        "L2S": (lambda: L2S.selective(STEER_LAYER, progress=False), ("hard",), STEER_LAYER, None),
         "classify": (lambda: ClassifySteer(STEER_LAYER, input_layer=STEER_LAYER, progress=False), ("hard",),
-                     STEER_LAYER),
+                     STEER_LAYER, None),
     }
 
 
 def measure(model: SteerableModel, t: dict[str, torch.Tensor], meta: list[dict[str, Any]], out: Path,
             alphas: tuple[float, ...], stages: tuple[str, ...] = ("validation", "test"),
-            names: tuple[str, ...] = ("Mean-S", "L2S (demo recipe)", "L2S", "classify"),
+            names: tuple[str, ...] = ("Mean-S", "L2S (issue recipe)", "L2S (last landing)", "L2S", "classify"),
             behaviors: tuple[str, ...] = ("harmful", "advice", "benign")) -> dict[str, Any]:
     """Generate with the recipes ``names`` on the validation kinds (fit on train) and/or the test kinds
     (refit on train + validation), each with the demo's matching split; print the selectivity tables."""
@@ -225,11 +250,11 @@ def measure(model: SteerableModel, t: dict[str, torch.Tensor], meta: list[dict[s
         fit_groups, eval_groups = plan[stage]
         t0 = time.perf_counter()
         methods: dict[str, Steerer] = {UNSTEERED: NoSteer().fit(model, [])}
-        for name, (make, extra, il) in recipes().items():
+        for name, (make, extra, il, kinds) in recipes().items():
             if name not in names:
                 continue
             groups = tuple(f"demo-{s}" for s in fit_groups) + tuple(f"{e}-{s}" for e in extra for s in fit_groups)
-            methods[name] = _fit(model, make(), t, meta, items, groups, il)
+            methods[name] = _fit(model, make(), t, meta, items, groups, il, hard_kinds=kinds)
         ev = [items[m["id"]] for m in meta if m["group"] in {f"{e}-{s}" for e in ("demo", "hard") for s in eval_groups}
               and m["behavior"] in behaviors]
         r = compare(model, [], ev, methods, {n: (list(alphas) if n == "L2S" else [ALPHA]) for n in methods},
@@ -305,12 +330,13 @@ def disagreements(out: Path, stage: str = "test") -> list[dict[str, Any]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("features", "select", "validate", "measure", "report", "disagreements"))
+    ap.add_argument("step", choices=("features", "select", "measure", "report", "disagreements"))
     ap.add_argument("--out", default="runs/selectivity")
     ap.add_argument("--alphas", default="0.75", help="L2S strengths tried on validation (comma-separated)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--stages", default="validation,test", help="measure: validation and/or test")
-    ap.add_argument("--methods", default="Mean-S,L2S (demo recipe),L2S,classify", help="measure: the recipes run")
+    ap.add_argument("--methods", default="Mean-S,L2S (issue recipe),L2S (last landing),L2S,classify",
+                    help="measure: the recipes run")
     ap.add_argument("--behaviors", default="harmful,advice,benign", help="measure: the behaviours evaluated")
     args = ap.parse_args()
     if args.threads:
@@ -328,8 +354,6 @@ def main() -> None:
     t, meta = features(model, out)
     if args.step == "select":
         select(t, meta, out, DEFAULT_CANDIDATES)
-    elif args.step == "validate":
-        validate(t, meta, out)
     elif args.step == "measure":
         measure(model, t, meta, out, tuple(float(a) for a in args.alphas.split(",")), tuple(args.stages.split(",")),
                 tuple(args.methods.split(",")), tuple(args.behaviors.split(",")))

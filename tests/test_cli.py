@@ -57,6 +57,25 @@ def test_demo_smoke_on_a_tiny_model(tmp_path, capsys):
     assert main(["demo", "--model", "tiny:llama", "--scale", "0.1", "--out", str(tmp_path)]) == 0
 
 
+def test_fit_data_demo_plus_hard_is_the_demos_l2s_training_set():
+    """--data demo+hard = the demo's training items then the hard-safety train kinds, as steerlib demo
+    trains L2S; --template is refused for it like for the other shipped sets."""
+    import argparse
+
+    from steerlib.app.data_args import items_from_args
+    from steerlib.data import demo_items
+    from steerlib.data.hard_safety import HARD_SPLIT_KINDS, hard_safety_items
+    from steerlib.errors import SteerlibError
+
+    ns = argparse.Namespace(data="demo+hard", template=None, data_root=None, limit=None)
+    got = items_from_args(ns)
+    want = demo_items()["train"] + hard_safety_items("train")
+    assert [it.id for it in got] == [it.id for it in want]
+    assert {it.meta["kind"] for it in got if it.meta.get("dataset") == "hard_safety"} == set(HARD_SPLIT_KINDS["train"])
+    with pytest.raises(SteerlibError, match="--template"):
+        items_from_args(argparse.Namespace(data="demo+hard", template="harmful", data_root=None, limit=None))
+
+
 def test_fit_data_works_outside_the_clone_and_takes_the_users_files(tmp_path, monkeypatch, capsys):
     """--data demo (the default) and --data text-safety use the sets shipped in the package; --data-root or
     $STEERLIB_DATA/text-safety point at another copy; --data PATH reads the user's JSONL or CSV; the

@@ -68,3 +68,49 @@ def test_mmsafetybench_example(tmp_path):
                                     if it["behavior"] in ("harmful", "legal", "financial", "health"))
     assert (out / "fake-mmsb" / "processed_questions" / "01-Illegal_Activitiy.json").is_file()
     check_report(out)
+
+
+def test_selectivity_example_select_on_synthetic_features(tmp_path):
+    """examples/selectivity.py's selection, on features built here: leave-one-kind-out folds over the
+    training kinds, shares equal to a hand count of the candidate's decisions, and the choice rule
+    (L2S only; CV and validation harmful steered >= 0.9; most benign left)."""
+    import torch
+
+    sel = load_example("selectivity")
+    g = torch.Generator().manual_seed(0)
+    kinds = sel.HARD_SPLIT_KINDS["train"][:3]
+    meta, hs = [], []
+    for group, kind_list in (("demo-train", [None]), ("hard-train", kinds), ("hard-val", [sel.HARD_SPLIT_KINDS["val"][0]]),
+                             ("demo-val", [None])):
+        for kind in kind_list:
+            for beh in ("harmful", "benign"):
+                for _ in range(6):
+                    meta.append({"id": f"x{len(meta)}", "group": group, "behavior": beh, "kind": kind})
+                    hs.append(torch.randn(8, generator=g) + (2.0 if beh == "harmful" else -2.0))
+    h = torch.stack(hs)
+    z = torch.zeros(len(meta), 8)
+    harm = torch.tensor([m["behavior"] == "harmful" for m in meta])
+    z[harm] = 3.0 + 0.1 * torch.randn(int(harm.sum()), 8, generator=g)
+    t = {f"z_L{sel.STEER_LAYER}": z, "h_L15_last_prompt": h}
+    cands = [{"method": "classify", "input_layer": 15, "position": "last_prompt", "mix": "demo+hard"}]
+    old = sel.HARD_SPLIT_KINDS
+    sel.HARD_SPLIT_KINDS = {**old, "train": kinds}
+    try:
+        rows = sel.select(t, meta, tmp_path, cands)
+    finally:
+        sel.HARD_SPLIT_KINDS = old
+    # the classes are 4 standard deviations apart: every held-out kind is decided right
+    assert rows[0]["steer_harmful"] == 1.0 and rows[0]["leave_benign"] == 1.0 and rows[0]["auc"] == 1.0
+    assert rows[0]["hard-val benign steered"] == 0.0 and rows[0]["hard-val harmful steered"] == 1.0
+    assert (tmp_path / "select.json").is_file()
+    base = {"method": "l2s", "hard-val harmful steered": 0.95, "balanced_accuracy": 0.8}
+    a = {**base, "steer_harmful": 0.95, "leave_benign": 0.70}
+    b = {**base, "steer_harmful": 0.91, "leave_benign": 0.80}
+    c = {**base, "steer_harmful": 0.85, "leave_benign": 0.95}  # leaves more, but steers too few harmful
+    d = {**b, "method": "classify", "leave_benign": 0.99}  # not an L2S recipe
+    assert sel.choose([a, b, c, d]) is b
+    assert sel.choose([c, d]) is None
+    assert "**" not in sel.select_markdown(rows)  # no L2S row: nothing is marked chosen
+    ids = sel._hard_train([{"group": "hard-train", "kind": k} for k in ("safe_target", "medicine", "fiction")],
+                          "demo+hard6", leave_out="fiction")
+    assert ids == [0]  # medicine is not one of the first six kinds; fiction is left out

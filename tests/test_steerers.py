@@ -331,6 +331,33 @@ def test_l2s_gate_cv_matches_a_hand_computation(tmp_path):
     assert torch.equal(back.predict(h), l2s.predict(h))
 
 
+def test_l2s_gate_cost_weights_the_cross_validated_error():
+    """gate_cost=c: the same held-out rates as gate_cost=1, the error (c*a + b)/(c + 1), the gate its
+    argmin (ties to the lower gate); a higher cost never picks a lower gate on the same rates."""
+    g = torch.Generator().manual_seed(7)
+    n, d = 60, 16
+    behaviors = ["benign"] * 30 + ["harmful"] * 30
+    h = torch.randn(n, d, generator=g)
+    h[30:] += 0.8  # overlapping classes: the grid trades one error for the other
+    z = torch.zeros(n, d)
+    z[30:] = torch.randn(d, generator=g) * 3 + torch.randn(30, d, generator=g) * 0.5
+    common = dict(hidden=8, epochs=20, lr=1e-2, class_balance=True, progress=False, seed=2, gate="cv", gate_folds=4)
+    one = L2S(LAYER, **common).fit_features(h, z, behaviors)
+    picks = [one.gate_]
+    for cost in (3.0, 50.0):
+        c = L2S(LAYER, gate_cost=cost, **common).fit_features(h, z, behaviors)
+        for r1, rc in zip(one.gate_cv_, c.gate_cv_, strict=True):
+            assert (rc["zero_target_steered"], rc["nonzero_target_gated"]) == (r1["zero_target_steered"], r1["nonzero_target_gated"])
+            assert rc["error"] == pytest.approx((cost * rc["zero_target_steered"] + rc["nonzero_target_gated"]) / (cost + 1))
+        best = min(round(r["error"], 9) for r in c.gate_cv_)
+        assert c.gate_ == min(r["gate"] for r in c.gate_cv_ if round(r["error"], 9) == best)
+        picks.append(c.gate_)
+    assert picks == sorted(picks)
+    assert one.gate_cv_[0]["error"] == pytest.approx(one.gate_cv_[0]["balanced_error"])
+    with pytest.raises(DataError, match="gate_cost"):
+        L2S(LAYER, gate_cost=0.0, **common).fit_features(h, z, behaviors)
+
+
 def test_l2s_gate_cv_needs_both_kinds_of_target():
     h = torch.randn(12, 8)
     with pytest.raises(DataError, match="zero targets"):

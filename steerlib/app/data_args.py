@@ -20,8 +20,9 @@ __all__ = ["add_data_arguments", "items_from_args"]
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     """``--data``, ``--template``, ``--data-root`` and ``--limit``."""
     p.add_argument("--data", default="demo",
-                   help="demo (the demo's 370 training prompts, shipped), text-safety (HarmBench / Do-Not-Answer / "
-                        "seed tasks, shipped), or PATH of a .jsonl/.csv with columns prompt,positive,negative,behavior")
+                   help="demo (the demo's 370 training prompts, shipped), demo+hard (those plus the hard-safety set's "
+                        "train kinds: what steerlib demo trains L2S on; docs/selectivity.md), text-safety (HarmBench / "
+                        "Do-Not-Answer / seed tasks, shipped), or PATH of a .jsonl/.csv with columns prompt,positive,negative,behavior")
     p.add_argument("--template", default=None, choices=("harmful", "advice", "benign"),
                    help="PATH holds prompts only: build the completions with this behaviour template")
     p.add_argument("--data-root", default=None, help="text-safety: another copy of the data set's folder")
@@ -32,17 +33,21 @@ def items_from_args(args: argparse.Namespace) -> list[ContrastiveItem]:
     """The training items of ``--data`` (read before the model is loaded, so a bad file fails fast)."""
     from ..data import cap_per_behavior, demo_items, items_from_file, shipped_text_safety_dir, text_safety_items
 
-    if args.template is not None and args.data in ("demo", "text-safety"):
+    if args.template is not None and args.data in ("demo", "demo+hard", "text-safety"):
         raise SteerlibError(f"--template applies to a --data PATH of prompts, not to --data {args.data}.")
     if args.data == "demo":
         items = demo_items()["train"]
+    elif args.data == "demo+hard":
+        from ..data.hard_safety import hard_safety_items
+
+        items = demo_items()["train"] + hard_safety_items("train")
     elif args.data == "text-safety":
         env = data_root()
         items = text_safety_items(args.data_root or (env / "text-safety" if env else shipped_text_safety_dir()))
     else:
         path = Path(args.data).expanduser()
         if path.suffix.lower() not in (".jsonl", ".csv"):
-            raise SteerlibError(f"--data {args.data}: use demo, text-safety, or the path of a .jsonl or .csv file "
+            raise SteerlibError(f"--data {args.data}: use demo, demo+hard, text-safety, or the path of a .jsonl or .csv file "
                                 "(columns prompt, positive, negative, behavior; or prompts plus --template).")
         try:
             items = items_from_file(path, template=args.template)

@@ -40,12 +40,15 @@ INITS: tuple[str, ...] = ("svd", "dict", "random")
 GATE_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 """Gate values (fractions of the mean non-zero target norm) that ``gate="cv"`` chooses from."""
 
-SELECTIVE: dict[str, Any] = {"hidden": 64, "lr": 1e-3, "class_balance": True, "l1_weight": 20.0, "gate": "cv"}
+SELECTIVE: dict[str, Any] = {"hidden": 64, "lr": 1e-3, "class_balance": True, "l1_weight": 20.0, "gate": "cv",
+                             "gate_cost": 3.0}
 """The selective recipe (:meth:`L2S.selective`): for training sets where some behaviours have the
 target "leave unchanged" (zero P2S vectors, e.g. benign prompts). Class balance and a strong L1
 term drive g's output on those inputs towards 0, and the cross-validated gate zeroes what is left,
-so they run exactly unsteered. These are the settings ``steerlib demo`` measures; the paper's
-defaults (``L2S()``: no class balance, L1 weight 1, no gate) change benign answers too.
+so they run exactly unsteered. The gate is chosen with ``gate_cost=3``: steering an input that
+needs no steering (a possible false refusal) counts three times as much as leaving a steering
+input unsteered. These are the settings ``steerlib demo`` measures; the paper's defaults
+(``L2S()``: no class balance, L1 weight 1, no gate) change benign answers too.
 
 Two choices outside these hyperparameters decide whether the gate reads the *intent* of a prompt
 rather than its topic words (``docs/selectivity.md``, chosen by leave-one-kind-out cross-validation
@@ -127,10 +130,15 @@ class L2S(P2SBased):
             inputs run exactly unsteered. 0 (the default, as in the paper) turns it off; 0.5 is
             the midpoint between a zero target ("leave unchanged") and a typical steering target.
             ``"cv"`` picks it from :data:`GATE_GRID` by ``gate_folds``-fold cross-validation on the
-            training items (folds stratified by behaviour): the value with the lowest balanced error
-            between zero-target items left steered and non-zero-target items gated off. The chosen
-            value is ``gate_`` and the per-value errors ``gate_cv_``; it needs items of both kinds.
+            training items (folds stratified by behaviour): the value with the lowest error
+            ``(gate_cost * a + b) / (gate_cost + 1)``, where ``a`` is the share of zero-target items
+            left steered and ``b`` the share of non-zero-target items gated off (``gate_cost=1``: the
+            balanced error). The chosen value is ``gate_`` and the per-value errors ``gate_cv_``; it
+            needs items of both kinds.
         gate_folds: folds of ``gate="cv"`` (each trains one more g).
+        gate_cost: how many times worse ``gate="cv"`` counts steering an input that needs no
+            steering (a possible false refusal) than leaving a steering input unsteered; above 1 the
+            chosen gate is higher and steers fewer inputs of both kinds.
 
     The other arguments (``alpha``, ``positions``, ``reduction``, ``batch_size`` for extraction,
     ...) are those of every P2S-based steerer.
@@ -148,7 +156,8 @@ class L2S(P2SBased):
                  cos_weight: float = 0.1, cos_warmup_epochs: int = 0, val_cos_weight: float = 0.05,
                  class_balance: bool = False, val_fraction: float = 0.1, keep_best: bool = True,
                  scheduler: Literal["none", "cosine"] = "none", warmup_epochs: int = 0,
-                 gate: float | Literal["cv"] = 0.0, gate_folds: int = 5, **shared: Unpack[P2SParams]) -> None:
+                 gate: float | Literal["cv"] = 0.0, gate_folds: int = 5, gate_cost: float = 1.0,
+                 **shared: Unpack[P2SParams]) -> None:
         super().__init__(layer, **shared)
         self.input_layer = input_layer
         self.input_position = input_position
@@ -168,6 +177,7 @@ class L2S(P2SBased):
         self.warmup_epochs = warmup_epochs
         self.gate = gate
         self.gate_folds = gate_folds
+        self.gate_cost = gate_cost
 
     @classmethod
     def selective(cls, layer: int = 0, **overrides: Any) -> "L2S":
@@ -175,7 +185,7 @@ class L2S(P2SBased):
         leave the zero-target ones ("benign -> unchanged") exactly unsteered.
 
         ``L2S.selective(15)`` is ``L2S(15, hidden=64, lr=1e-3, class_balance=True, l1_weight=20.0,
-        gate="cv")``; any argument of :class:`L2S` overrides the recipe's. Fitting needs items of a
+        gate="cv", gate_cost=3.0)``; any argument of :class:`L2S` overrides the recipe's. Fitting needs items of a
         zero-target behaviour and of at least one other (the gate is cross-validated between them).
 
         Example:
@@ -226,6 +236,7 @@ class L2S(P2SBased):
             raise DataError(f"gate must be in [0, 1) (a fraction of the mean target norm) or 'cv', got {gate!r}.")
         if isinstance(self.gate_folds, bool) or not (isinstance(self.gate_folds, int) and self.gate_folds >= 2):
             raise DataError(f"gate_folds must be an integer >= 2, got {self.gate_folds!r}.")
+        check_real(self, "gate_cost", minimum=0.0, open_min=True)
 
     def _fit(self, model: SteerableModel, items: list[ContrastiveItem]) -> None:
         self._check_classes([it.behavior for it in check_items(items, need_completions=True)])
@@ -275,7 +286,7 @@ class L2S(P2SBased):
         self.train_seconds_ = time.perf_counter() - start
         if self.gate == "cv":
             self.gate_cv_ = self._cross_validate_gate(h, z, y)
-            self.gate_ = min(self.gate_cv_, key=lambda r: (round(r["balanced_error"], 9), r["gate"]))["gate"]
+            self.gate_ = min(self.gate_cv_, key=lambda r: (round(r["error"], 9), r["gate"]))["gate"]
         else:
             self.gate_cv_ = []
             self.gate_ = float(self.gate)
@@ -330,7 +341,8 @@ class L2S(P2SBased):
 
     def _cross_validate_gate(self, h: Tensor, z: Tensor, y: Tensor) -> list[dict[str, float]]:
         """Per value of :data:`GATE_GRID`: the share of held-out zero-target items g would still steer,
-        the share of non-zero-target items the gate would switch off, and their mean (balanced error)."""
+        the share of non-zero-target items the gate would switch off, their mean (balanced error) and
+        their ``gate_cost``-weighted mean (``error``, what the gate is chosen by)."""
         zero = z.norm(dim=-1) == 0
         if bool(zero.all()) or not bool(zero.any()):
             raise DataError("gate='cv' needs training items with zero targets (e.g. a 'leave unchanged' class whose "
@@ -352,8 +364,10 @@ class L2S(P2SBased):
             gated_nonzero += (~on & ~zero[held]).sum(dim=1)
         steered_zero /= int(zero.sum())
         gated_nonzero /= int((~zero).sum())
+        c = float(self.gate_cost)
         return [{"gate": float(g), "zero_target_steered": float(a), "nonzero_target_gated": float(b),
-                 "balanced_error": float(a + b) / 2} for g, a, b in zip(GATE_GRID, steered_zero, gated_nonzero, strict=True)]
+                 "balanced_error": float(a + b) / 2, "error": (c * float(a) + float(b)) / (c + 1)}
+                for g, a, b in zip(GATE_GRID, steered_zero, gated_nonzero, strict=True)]
 
     # ------------------------------------------------------------------ applying ----
     def predict(self, h: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch d_model"]:
