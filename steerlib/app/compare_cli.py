@@ -377,11 +377,11 @@ def print_selectivity(result: CompareResult, items: Sequence[ContrastiveItem],
     of a comparison and write ``selectivity.md`` and ``selectivity.json`` into its folder; nothing
     (an empty list) when ``items`` lack harmful or benign prompts (e.g. POPE). ``against`` as
     :func:`selectivity_against`. Returns the paths written."""
-    from ..eval.selectivity import JUDGES, default_group, selectivity_markdown, selectivity_report
+    from ..eval.selectivity import GROUPS, JUDGES, default_group, selectivity_markdown, selectivity_report
     from ..persistence import write_text_atomic
 
     groups = [default_group(it) for it in items]
-    counts = {g: groups.count(g) for g in ("harmful", "hard_harmful", "benign", "hard_benign")}
+    counts = {g: groups.count(g) for g in GROUPS}
     if not (counts["harmful"] + counts["hard_harmful"]) or not (counts["benign"] + counts["hard_benign"]):
         return []
     ref, note = selectivity_against(result.rows, against)
